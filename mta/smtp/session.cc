@@ -1,0 +1,517 @@
+#include "mta/smtp/session.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "mta/smtp/address.h"
+#include "mta/smtp/command.h"
+
+namespace mta::smtp {
+namespace {
+
+// Pipelined input kept while a message waits for its fsync; beyond this we stop reading.
+constexpr size_t kMaxBufferedWhileWaiting = 64 * 1024;
+constexpr size_t kMaxHeloLength = 255;
+constexpr size_t kMaxEnvidLength = 100;
+
+std::string Rfc5322Date(absl::Time t) {
+  return absl::FormatTime("%a, %d %b %Y %H:%M:%S +0000", t, absl::UTCTimeZone());
+}
+
+// Keeps a client-supplied token safe to place inside a header field.
+std::string SanitizeForHeader(absl::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    out.push_back((c > 32 && c < 127 && c != '(' && c != ')' && c != '\\') ? c : '?');
+  }
+  return out;
+}
+
+std::string IpLiteral(const std::string& ip) {
+  return ip.find(':') == std::string::npos ? absl::StrCat("[", ip, "]")
+                                           : absl::StrCat("[IPv6:", ip, "]");
+}
+
+// Strips "FROM:" / "TO:" (case-insensitive) and tolerates spaces before the path.
+bool StripPrefix(absl::string_view* args, absl::string_view prefix) {
+  if (!absl::StartsWithIgnoreCase(*args, prefix)) return false;
+  args->remove_prefix(prefix.size());
+  while (!args->empty() && args->front() == ' ') args->remove_prefix(1);
+  return true;
+}
+
+}  // namespace
+
+Session::Session(const SessionConfig& config, ClientInfo client, SessionDelegate* delegate)
+    : config_(config), client_(std::move(client)), delegate_(delegate) {}
+
+void Session::Reply(absl::string_view line) {
+  out_.append(line.data(), line.size());
+  out_.append("\r\n");
+}
+
+void Session::ReplyError(absl::string_view line) {
+  Reply(line);
+  if (++errors_ >= config_.max_errors) {
+    Close(absl::StrCat("421 4.7.0 ", config_.hostname, " Error: too many errors"));
+  }
+}
+
+void Session::Close(absl::string_view line) {
+  if (phase_ == Phase::kClosed) return;
+  Reply(line);
+  phase_ = Phase::kClosed;
+}
+
+void Session::Greet() { Reply(absl::StrCat("220 ", config_.hostname, " ESMTP mtad")); }
+
+void Session::RejectAndClose(absl::string_view reply) { Close(reply); }
+
+bool Session::WantsInput() const {
+  if (phase_ == Phase::kClosed) return false;
+  if (phase_ == Phase::kWaitingCommit) return in_.size() - in_pos_ < kMaxBufferedWhileWaiting;
+  return true;
+}
+
+void Session::OnInput(absl::string_view bytes) {
+  if (phase_ == Phase::kClosed) return;
+  if (in_pos_ == in_.size()) {
+    in_.clear();
+    in_pos_ = 0;
+  }
+  in_.append(bytes.data(), bytes.size());
+  Process();
+}
+
+void Session::Process() {
+  while (true) {
+    if (phase_ == Phase::kClosed || phase_ == Phase::kWaitingCommit) break;
+    bool progressed = phase_ == Phase::kContent ? ConsumeContent() : ProcessCommandLine();
+    if (!progressed) break;
+  }
+  // Compact: drop consumed input so the buffer holds at most one partial line or chunk.
+  if (in_pos_ > 0 && (in_pos_ == in_.size() || in_pos_ > 16 * 1024)) {
+    in_.erase(0, in_pos_);
+    in_pos_ = 0;
+  }
+}
+
+bool Session::ProcessCommandLine() {
+  if (shutting_down_) {
+    Close(absl::StrCat("421 4.3.2 ", config_.hostname, " Service shutting down"));
+    return false;
+  }
+  absl::string_view avail(in_.data() + in_pos_, in_.size() - in_pos_);
+  size_t lf = avail.find('\n');
+  if (discarding_long_line_) {
+    if (lf == absl::string_view::npos) {
+      in_pos_ = in_.size();
+      return false;
+    }
+    in_pos_ += lf + 1;
+    discarding_long_line_ = false;
+    ReplyError("500 5.5.2 Error: command line too long");
+    return true;
+  }
+  if (lf == absl::string_view::npos) {
+    if (avail.size() > kMaxCommandLine) {
+      discarding_long_line_ = true;
+      in_pos_ = in_.size();
+    }
+    return false;
+  }
+  in_pos_ += lf + 1;
+  if (lf + 1 > kMaxCommandLine) {
+    ReplyError("500 5.5.2 Error: command line too long");
+    return true;
+  }
+  if (lf == 0 || avail[lf - 1] != '\r') {
+    ReplyError("500 5.5.2 Error: bare <LF> received; lines must end with <CR><LF>");
+    return true;
+  }
+  absl::string_view line = avail.substr(0, lf - 1);
+  if (line.find('\0') != absl::string_view::npos) {
+    ReplyError("500 5.5.2 Error: NUL character in command");
+    return true;
+  }
+  if (line.find('\r') != absl::string_view::npos) {
+    ReplyError("500 5.5.2 Error: bare <CR> received");
+    return true;
+  }
+  HandleCommand(line);
+  return true;
+}
+
+void Session::HandleCommand(absl::string_view line) {
+  Command cmd = ParseCommand(line);
+  switch (cmd.verb) {
+    case Verb::kEhlo:
+      return HandleEhlo(cmd.args, /*extended=*/true);
+    case Verb::kHelo:
+      return HandleEhlo(cmd.args, /*extended=*/false);
+    case Verb::kMail:
+      return HandleMail(cmd.args);
+    case Verb::kRcpt:
+      return HandleRcpt(cmd.args);
+    case Verb::kData:
+      return HandleData(cmd.args);
+    case Verb::kBdat:
+      return HandleBdat(cmd.args);
+    case Verb::kRset:
+      ResetTransaction();
+      return Reply("250 2.0.0 Ok");
+    case Verb::kNoop:
+      return Reply("250 2.0.0 Ok");
+    case Verb::kQuit:
+      return Close("221 2.0.0 Bye");
+    case Verb::kVrfy:
+      return Reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+    case Verb::kExpn:
+      return ReplyError("502 5.5.1 Error: EXPN not implemented");
+    case Verb::kHelp:
+      return Reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
+    case Verb::kStartTls:
+    case Verb::kAuth:
+      return ReplyError("502 5.5.1 Error: command not implemented");
+    case Verb::kUnknown:
+      return ReplyError("500 5.5.2 Error: command not recognized");
+  }
+}
+
+void Session::HandleEhlo(absl::string_view args, bool extended) {
+  absl::string_view name = args.substr(0, args.find(' '));
+  if (name.empty()) {
+    return ReplyError(extended ? "501 5.5.4 Syntax: EHLO hostname" : "501 5.5.4 Syntax: HELO hostname");
+  }
+  if (name.size() > kMaxHeloLength) return ReplyError("501 5.5.4 Error: hostname too long");
+  ResetTransaction();
+  helo_ = std::string(name);
+  esmtp_ = extended;
+  if (!extended) return Reply(absl::StrCat("250 ", config_.hostname));
+  Reply(absl::StrCat("250-", config_.hostname, " Hello ", SanitizeForHeader(name), " [",
+                     client_.ip, "]"));
+  Reply("250-PIPELINING");
+  Reply(absl::StrCat("250-SIZE ", config_.max_message_bytes));
+  Reply("250-8BITMIME");
+  Reply("250-SMTPUTF8");
+  Reply("250-ENHANCEDSTATUSCODES");
+  Reply("250-CHUNKING");
+  Reply("250-DSN");
+  Reply("250 HELP");
+}
+
+void Session::HandleMail(absl::string_view args) {
+  if (helo_.empty()) return ReplyError("503 5.5.1 Error: send HELO/EHLO first");
+  if (txn_.envelope.has_value()) return ReplyError("503 5.5.1 Error: nested MAIL command");
+  if (!StripPrefix(&args, "FROM:")) return ReplyError("501 5.5.4 Syntax: MAIL FROM:<address>");
+  auto path = ParsePath(args, {.allow_null = true, .allow_utf8 = true});
+  if (!path.ok()) {
+    return ReplyError(absl::StrCat("501 5.1.7 Bad sender address syntax: ", path.status().message()));
+  }
+  absl::string_view rest = args.substr(path->consumed);
+  if (!rest.empty() && rest.front() != ' ') return ReplyError("501 5.5.4 Syntax: MAIL FROM:<address>");
+  auto params = ParseEsmtpParams(rest);
+  if (!params.ok()) return ReplyError(absl::StrCat("501 5.5.4 ", params.status().message()));
+  if (!params->empty() && !esmtp_) {
+    return ReplyError("555 5.5.4 Error: parameters require EHLO");
+  }
+  queue::Envelope env;
+  uint64_t declared_size = 0;
+  absl::flat_hash_set<std::string> seen;
+  for (const EsmtpParam& p : *params) {
+    if (!seen.insert(p.keyword).second) {
+      return ReplyError(absl::StrCat("501 5.5.4 Error: duplicate ", p.keyword, " parameter"));
+    }
+    if (p.keyword == "SIZE") {
+      if (!p.has_value || p.value.size() > 19 ||
+          !std::all_of(p.value.begin(), p.value.end(), absl::ascii_isdigit) ||
+          !absl::SimpleAtoi(p.value, &declared_size)) {
+        return ReplyError("501 5.5.4 Error: bad SIZE value");
+      }
+      if (declared_size > config_.max_message_bytes) {
+        return ReplyError("552 5.3.4 Message size exceeds fixed limit");
+      }
+    } else if (p.keyword == "BODY") {
+      if (absl::EqualsIgnoreCase(p.value, "7BIT")) {
+        env.body_type = queue::BodyType::k7Bit;
+      } else if (absl::EqualsIgnoreCase(p.value, "8BITMIME")) {
+        env.body_type = queue::BodyType::k8BitMime;
+      } else {
+        return ReplyError("501 5.5.4 Error: unsupported BODY type");
+      }
+    } else if (p.keyword == "SMTPUTF8") {
+      if (p.has_value) return ReplyError("501 5.5.4 Error: SMTPUTF8 takes no value");
+      env.smtputf8 = true;
+    } else if (p.keyword == "RET") {
+      if (absl::EqualsIgnoreCase(p.value, "FULL")) {
+        env.ret = queue::DsnRet::kFull;
+      } else if (absl::EqualsIgnoreCase(p.value, "HDRS")) {
+        env.ret = queue::DsnRet::kHeaders;
+      } else {
+        return ReplyError("501 5.5.4 Error: bad RET value");
+      }
+    } else if (p.keyword == "ENVID") {
+      auto envid = DecodeXtext(p.value);
+      if (!p.has_value || !envid.ok() || p.value.size() > kMaxEnvidLength) {
+        return ReplyError("501 5.5.4 Error: bad ENVID value");
+      }
+      env.envid = *std::move(envid);
+    } else {
+      return ReplyError(absl::StrCat("555 5.5.4 Error: unsupported parameter ", p.keyword));
+    }
+  }
+  if (path->mailbox.non_ascii && !env.smtputf8) {
+    return ReplyError("553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+  }
+  env.sender = path->mailbox.ToString();
+  txn_.envelope = std::move(env);
+  txn_.declared_size = declared_size;
+  Reply("250 2.1.0 Ok");
+}
+
+void Session::HandleRcpt(absl::string_view args) {
+  if (!txn_.envelope.has_value()) return ReplyError("503 5.5.1 Error: need MAIL command");
+  if (txn_.bdat) return ReplyError("503 5.5.1 Error: RCPT during BDAT transfer");
+  if (!StripPrefix(&args, "TO:")) return ReplyError("501 5.5.4 Syntax: RCPT TO:<address>");
+  queue::Envelope& env = *txn_.envelope;
+  auto path = ParsePath(args, {.allow_utf8 = true, .allow_postmaster = true});
+  if (!path.ok()) {
+    return ReplyError(
+        absl::StrCat("501 5.1.3 Bad recipient address syntax: ", path.status().message()));
+  }
+  const Mailbox& mb = path->mailbox;
+  absl::string_view rest = args.substr(path->consumed);
+  if (!rest.empty() && rest.front() != ' ') return ReplyError("501 5.5.4 Syntax: RCPT TO:<address>");
+  auto params = ParseEsmtpParams(rest);
+  if (!params.ok()) return ReplyError(absl::StrCat("501 5.5.4 ", params.status().message()));
+  if (!params->empty() && !esmtp_) return ReplyError("555 5.5.4 Error: parameters require EHLO");
+  queue::Recipient rcpt;
+  absl::flat_hash_set<std::string> seen;
+  for (const EsmtpParam& p : *params) {
+    if (!seen.insert(p.keyword).second) {
+      return ReplyError(absl::StrCat("501 5.5.4 Error: duplicate ", p.keyword, " parameter"));
+    }
+    if (p.keyword == "NOTIFY") {
+      for (absl::string_view item : absl::StrSplit(p.value, ',')) {
+        if (absl::EqualsIgnoreCase(item, "NEVER")) {
+          rcpt.notify |= queue::kNotifyNever;
+        } else if (absl::EqualsIgnoreCase(item, "SUCCESS")) {
+          rcpt.notify |= queue::kNotifySuccess;
+        } else if (absl::EqualsIgnoreCase(item, "FAILURE")) {
+          rcpt.notify |= queue::kNotifyFailure;
+        } else if (absl::EqualsIgnoreCase(item, "DELAY")) {
+          rcpt.notify |= queue::kNotifyDelay;
+        } else {
+          return ReplyError("501 5.5.4 Error: bad NOTIFY value");
+        }
+      }
+      if ((rcpt.notify & queue::kNotifyNever) && rcpt.notify != queue::kNotifyNever) {
+        return ReplyError("501 5.5.4 Error: NOTIFY=NEVER cannot be combined");
+      }
+    } else if (p.keyword == "ORCPT") {
+      size_t semi = p.value.find(';');
+      auto addr = semi == std::string::npos ? absl::StatusOr<std::string>(absl::InvalidArgumentError(""))
+                                            : DecodeXtext(absl::string_view(p.value).substr(semi + 1));
+      if (!addr.ok() || semi == 0 || addr->empty()) {
+        return ReplyError("501 5.5.4 Error: bad ORCPT value");
+      }
+      rcpt.orcpt = absl::StrCat(p.value.substr(0, semi), ";", *addr);
+    } else {
+      return ReplyError(absl::StrCat("555 5.5.4 Error: unsupported parameter ", p.keyword));
+    }
+  }
+  if (mb.non_ascii && !env.smtputf8) {
+    return ReplyError("553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+  }
+  bool postmaster = mb.domain.empty();  // RCPT TO:<Postmaster> (RFC 5321 section 4.5.1)
+  if (postmaster) {
+    rcpt.address = absl::StrCat("postmaster@", config_.hostname);
+  } else {
+    rcpt.address = mb.ToString();
+    bool local = !mb.domain_literal && config_.local_domains.contains(mb.domain);
+    if (!client_.relay_allowed && (!local || mb.HasRelayOperators())) {
+      return ReplyError(absl::StrCat("554 5.7.1 <", SanitizeForHeader(rcpt.address),
+                                     ">: Relay access denied"));
+    }
+  }
+  for (const queue::Recipient& r : env.recipients) {
+    if (r.address == rcpt.address) return Reply("250 2.1.5 Ok");  // duplicate: stored once
+  }
+  if (env.recipients.size() >= config_.max_recipients) {
+    return Reply("452 4.5.3 Error: too many recipients");
+  }
+  env.recipients.push_back(std::move(rcpt));
+  Reply("250 2.1.5 Ok");
+}
+
+void Session::HandleData(absl::string_view args) {
+  if (!args.empty()) return ReplyError("501 5.5.4 Syntax: DATA");
+  if (txn_.bdat) return ReplyError("503 5.5.1 Error: DATA during BDAT transfer");
+  if (!txn_.envelope.has_value()) return ReplyError("503 5.5.1 Error: need MAIL command");
+  if (txn_.envelope->recipients.empty()) return ReplyError("554 5.5.1 Error: no valid recipients");
+  StartContent(/*bdat=*/false);
+  Reply("354 End data with <CR><LF>.<CR><LF>");
+}
+
+void Session::HandleBdat(absl::string_view args) {
+  auto bdat = ParseBdatArgs(args);
+  if (!bdat.ok()) {
+    // Without a valid size the chunk boundary is unknown, so the stream cannot be resynced.
+    return Close("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection");
+  }
+  if (!txn_.bdat) {
+    bool valid = txn_.envelope.has_value() && !txn_.envelope->recipients.empty();
+    StartContent(/*bdat=*/true);
+    txn_.bdat_failed = !valid;
+  }
+  bdat_remaining_ = bdat->size;
+  bdat_last_ = bdat->last;
+  phase_ = Phase::kContent;
+}
+
+void Session::StartContent(bool bdat) {
+  txn_.bdat = bdat;
+  phase_ = Phase::kContent;
+  if (!txn_.envelope.has_value()) return;  // BDAT without MAIL: content is discarded
+  queue::Envelope& env = *txn_.envelope;
+  env.id = delegate_->NewQueueId();
+  std::string& c = txn_.content;
+  c.reserve(std::min<uint64_t>(txn_.declared_size, config_.max_message_bytes) + 512);
+  const char* proto = env.smtputf8 ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
+  absl::StrAppend(&c, "Received: from ", SanitizeForHeader(helo_), " (", IpLiteral(client_.ip),
+                  ")\r\n\tby ", config_.hostname, " (mtad) with ", proto, " id ", env.id);
+  if (env.recipients.size() == 1) {
+    absl::StrAppend(&c, "\r\n\tfor <", SanitizeForHeader(env.recipients[0].address), ">");
+  }
+  absl::StrAppend(&c, "; ", Rfc5322Date(delegate_->Now()), "\r\n");
+  txn_.header_offset = c.size();
+  txn_.framer.emplace(bdat ? DataFramer::Mode::kBdat : DataFramer::Mode::kData,
+                      config_.max_message_bytes, &c);
+}
+
+bool Session::ConsumeContent() {
+  absl::string_view avail(in_.data() + in_pos_, in_.size() - in_pos_);
+  if (!txn_.bdat) {
+    if (avail.empty()) return false;
+    in_pos_ += txn_.framer->Feed(avail);
+    if (!txn_.framer->done()) return false;
+    FinishContent();
+    return true;
+  }
+  // BDAT: exactly bdat_remaining_ octets belong to this chunk.
+  size_t take = static_cast<size_t>(std::min<uint64_t>(bdat_remaining_, avail.size()));
+  if (txn_.framer.has_value() && !txn_.bdat_failed) txn_.framer->Feed(avail.substr(0, take));
+  in_pos_ += take;
+  bdat_remaining_ -= take;
+  if (bdat_remaining_ > 0) return false;
+  phase_ = Phase::kCommand;
+  if (txn_.bdat_failed) {
+    bool had_mail = txn_.envelope.has_value();
+    if (bdat_last_) ResetTransaction();
+    ReplyError(had_mail ? "554 5.5.1 Error: no valid recipients"
+                        : "503 5.5.1 Error: need MAIL command");
+    return true;
+  }
+  if (!bdat_last_) {
+    Reply(absl::StrCat("250 2.0.0 ", txn_.framer->content_bytes(), " octets received"));
+    return true;
+  }
+  txn_.framer->Finish();
+  FinishContent();
+  return true;
+}
+
+void Session::FinishContent() {
+  phase_ = Phase::kCommand;
+  uint32_t v = txn_.framer->violations();
+  absl::string_view error;
+  if (v & DataFramer::kTooBig) {
+    error = "552 5.3.4 Message size exceeds fixed limit";
+  } else if (v & (DataFramer::kBareLf | DataFramer::kBareCr)) {
+    error = "550 5.6.0 Message rejected: bare <CR> or <LF> in message text (RFC 5321 2.3.8)";
+  } else if (v & DataFramer::kNul) {
+    error = "550 5.6.0 Message rejected: NUL character in message text";
+  } else if (v & DataFramer::kLineTooLong) {
+    error = "550 5.6.0 Message rejected: text line longer than 1000 octets";
+  }
+  if (!error.empty()) {
+    ResetTransaction();
+    return Reply(error);
+  }
+  if (config_.add_missing_headers) AddMissingHeaders();
+  auto record = std::make_unique<queue::SpoolRecord>();
+  record->envelope = *std::move(txn_.envelope);
+  record->content = std::move(txn_.content);
+  queue::Envelope& env = record->envelope;
+  env.stream = config_.stream;
+  env.listener = config_.listener_name;
+  env.client_ip = client_.ip;
+  env.helo = helo_;
+  env.received_ms = absl::ToUnixMillis(delegate_->Now());
+  env.next_attempt_ms = env.received_ms;
+  env.content_bytes = record->content.size();
+  ResetTransaction();
+  phase_ = Phase::kWaitingCommit;
+  delegate_->Submit(std::move(record));
+}
+
+void Session::AddMissingHeaders() {
+  std::string& c = txn_.content;
+  bool has_message_id = false, has_date = false;
+  size_t pos = txn_.header_offset;
+  while (pos < c.size()) {
+    size_t eol = c.find("\r\n", pos);
+    if (eol == std::string::npos) eol = c.size();
+    absl::string_view line(c.data() + pos, eol - pos);
+    if (line.empty()) break;  // end of the header section
+    if (line[0] != ' ' && line[0] != '\t') {
+      if (line.find(':') == absl::string_view::npos) break;  // not a header: body starts
+      if (absl::StartsWithIgnoreCase(line, "Message-ID:")) has_message_id = true;
+      if (absl::StartsWithIgnoreCase(line, "Date:")) has_date = true;
+    }
+    pos = eol + 2;
+  }
+  std::string extra;
+  if (!has_message_id) {
+    absl::StrAppend(&extra, "Message-ID: <", txn_.envelope->id, "@", config_.hostname, ">\r\n");
+  }
+  if (!has_date) absl::StrAppend(&extra, "Date: ", Rfc5322Date(delegate_->Now()), "\r\n");
+  if (!extra.empty()) c.insert(txn_.header_offset, extra);
+}
+
+void Session::OnCommitDone(const absl::Status& status, const std::string& queue_id) {
+  if (phase_ != Phase::kWaitingCommit) return;
+  phase_ = Phase::kCommand;
+  if (status.ok()) {
+    ++messages_accepted_;
+    Reply(absl::StrCat("250 2.0.0 Ok: queued as ", queue_id));
+  } else {
+    Reply("451 4.3.0 Error: queue file write error, try again later");
+  }
+  Process();
+}
+
+void Session::OnTimeout() {
+  Close(absl::StrCat("421 4.4.2 ", config_.hostname, " Error: timeout exceeded"));
+}
+
+void Session::OnShutdown() {
+  shutting_down_ = true;
+  if (phase_ == Phase::kCommand) {
+    Close(absl::StrCat("421 4.3.2 ", config_.hostname, " Service shutting down"));
+  }
+}
+
+void Session::ResetTransaction() {
+  txn_ = Transaction();
+  bdat_remaining_ = 0;
+  bdat_last_ = false;
+}
+
+}  // namespace mta::smtp

@@ -1,0 +1,137 @@
+// The SMTP server-side protocol state machine. It does no I/O: bytes go in through
+// OnInput(), replies come out through output(), and a finished message leaves through
+// SessionDelegate::Submit(); the spool's verdict comes back through OnCommitDone().
+#ifndef MTA_SMTP_SESSION_H_
+#define MTA_SMTP_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "mta/smtp/data_framer.h"
+#include "queue/envelope.h"
+#include "queue/spool.h"
+
+namespace mta::smtp {
+
+/** Settings shared by every session of a listener. Immutable while sessions run. */
+struct SessionConfig {
+  std::string hostname = "localhost";
+  std::string listener_name = "default";
+  std::string stream = "default";  // stream given to messages from this listener
+  uint64_t max_message_bytes = 25 * 1024 * 1024;
+  uint32_t max_recipients = 1000;
+  uint32_t max_errors = 20;
+  bool add_missing_headers = true;  // submission role: add Message-ID and Date if missing
+  absl::flat_hash_set<std::string> local_domains;  // lower-case; mail accepted from anyone
+};
+
+/** Per-connection facts the session needs from its transport. */
+struct ClientInfo {
+  std::string ip;              // textual peer address
+  bool relay_allowed = false;  // peer is in the listener's relay networks
+};
+
+/** Shard-local services a session calls. */
+class SessionDelegate {
+ public:
+  virtual ~SessionDelegate() = default;
+  virtual std::string NewQueueId() = 0;
+  virtual absl::Time Now() = 0;
+  /** Hands a finished message to the spool; must later call OnCommitDone exactly once. */
+  virtual void Submit(std::unique_ptr<queue::SpoolRecord> record) = 0;
+};
+
+/**
+ * Shard-local: every call runs on the owning shard's thread.
+ *
+ * Pipelining (RFC 2920): OnInput() processes every complete command it holds and batches
+ * the replies into output(); the caller flushes output() whenever OnInput() returns.
+ */
+class Session {
+ public:
+  enum class Phase { kCommand, kContent, kWaitingCommit, kClosed };
+
+  Session(const SessionConfig& config, ClientInfo client, SessionDelegate* delegate);
+
+  /** Queues the 220 greeting. */
+  void Greet();
+  /** Queues `reply` (a full reply line without CRLF) and closes, e.g. 421 at greeting. */
+  void RejectAndClose(absl::string_view reply);
+  /** Feeds received bytes. */
+  void OnInput(absl::string_view bytes);
+  /** The spool's verdict on the message last passed to Submit(). */
+  void OnCommitDone(const absl::Status& status, const std::string& queue_id);
+  /** The phase's inactivity timer fired. */
+  void OnTimeout();
+  /** Graceful shutdown: closes now if idle, else after the current message is answered. */
+  void OnShutdown();
+
+  std::string& output() { return out_; }
+  Phase phase() const { return phase_; }
+  bool closing() const { return phase_ == Phase::kClosed; }
+  /** False when more input would only pile up (waiting for the spool). */
+  bool WantsInput() const;
+  uint64_t messages_accepted() const { return messages_accepted_; }
+
+  /** Longest command line including CRLF (RFC 5321 section 4.5.3.1.4). */
+  static constexpr size_t kMaxCommandLine = 512;
+
+ private:
+  struct Transaction {
+    std::optional<queue::Envelope> envelope;  // set by MAIL
+    uint64_t declared_size = 0;
+    // Content state, set by DATA or the first BDAT.
+    std::string content;
+    std::optional<DataFramer> framer;
+    size_t header_offset = 0;  // where the client's content starts (after Received:)
+    bool bdat = false;
+    bool bdat_failed = false;  // BDAT without a valid transaction: chunks are discarded
+  };
+
+  void Process();
+  bool ProcessCommandLine();  // false when more input is needed
+  void HandleCommand(absl::string_view line);
+  void HandleEhlo(absl::string_view args, bool extended);
+  void HandleMail(absl::string_view args);
+  void HandleRcpt(absl::string_view args);
+  void HandleData(absl::string_view args);
+  void HandleBdat(absl::string_view args);
+  bool ConsumeContent();  // false when more input is needed
+  void StartContent(bool bdat);
+  void FinishContent();
+  void AddMissingHeaders();
+  void ResetTransaction();
+  void Reply(absl::string_view line);
+  void ReplyError(absl::string_view line);  // counts toward max_errors
+  void Close(absl::string_view line);
+
+  const SessionConfig& config_;
+  const ClientInfo client_;
+  SessionDelegate* const delegate_;
+
+  Phase phase_ = Phase::kCommand;
+  std::string in_;
+  size_t in_pos_ = 0;
+  std::string out_;
+  bool discarding_long_line_ = false;
+  bool shutting_down_ = false;
+  uint32_t errors_ = 0;
+  uint64_t messages_accepted_ = 0;
+
+  std::string helo_;
+  bool esmtp_ = false;
+  Transaction txn_;
+  uint64_t bdat_remaining_ = 0;
+  bool bdat_last_ = false;
+};
+
+}  // namespace mta::smtp
+
+#endif  // MTA_SMTP_SESSION_H_

@@ -1,0 +1,66 @@
+// mtad's configuration: one YAML file; every key optional with a default and a range.
+#ifndef MTA_SERVER_CONFIG_H_
+#define MTA_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace mta::server {
+
+struct ListenerConfig {
+  std::string name = "default";
+  std::string address = "127.0.0.1:2525";
+  std::vector<std::string> relay_networks = {"127.0.0.0/8", "::1/128"};
+  std::string stream = "default";
+  bool add_missing_headers = true;
+  uint32_t greeting_delay_ms = 0;
+
+  bool operator==(const ListenerConfig&) const = default;
+};
+
+struct Config {
+  // server
+  std::string hostname;  // "" = gethostname()
+  uint32_t shards = 0;   // 0 = one per CPU
+  std::string log_level = "info";
+  std::vector<std::string> local_domains;
+  // spool
+  std::string spool_path = "./var/spool";
+  uint64_t spool_min_free_disk_mb = 100;
+  uint32_t spool_max_batch = 512;
+  uint32_t spool_max_bodies_in_memory = 10000;
+  // limits
+  uint64_t max_message_bytes = 26214400;
+  uint32_t max_recipients = 1000;
+  uint32_t max_errors = 20;
+  uint32_t max_connections = 10000;
+  uint32_t max_connections_per_ip = 500;
+  uint32_t command_timeout_s = 300;
+  uint32_t data_timeout_s = 180;
+  uint32_t shutdown_grace_s = 30;
+  // listeners
+  std::vector<ListenerConfig> listeners = {ListenerConfig()};
+
+  bool operator==(const Config&) const = default;
+};
+
+/** The complete default configuration, one comment per key (for --print-default-config). */
+absl::string_view DefaultConfigYaml();
+
+/**
+ * Parses and validates YAML text. Errors name `source_name`, the line and the reason,
+ * e.g. "mtad.yaml:12:3: limits.max_recipients: must be in [1, 100000], got 0".
+ * Unknown keys are errors (a typo must not silently fall back to a default).
+ */
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view source_name);
+
+/** Reads and parses a file. */
+absl::StatusOr<Config> LoadConfigFile(const std::string& path);
+
+}  // namespace mta::server
+
+#endif  // MTA_SERVER_CONFIG_H_

@@ -1,0 +1,200 @@
+// mtad: the mail transfer agent daemon.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "mta/base/log.h"
+#include "mta/server/config.h"
+#include "mta/server/connection_limiter.h"
+#include "mta/server/shard.h"
+#include "queue/message_queue.h"
+#include "queue/rocksdb_spool.h"
+
+namespace mta::server {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: mtad [--config FILE] [--shards N]\n"
+    "       mtad --check-config FILE\n"
+    "       mtad --print-default-config\n"
+    "With no --config, mtad runs on its embedded defaults (SMTP on 127.0.0.1:2525,\n"
+    "spool in ./var/spool, relaying allowed from loopback only).\n";
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "mtad: %s\n", message.c_str());
+  return 1;
+}
+
+LogLevel ParseLevel(const std::string& s) {
+  if (s == "debug") return LogLevel::kDebug;
+  if (s == "warning") return LogLevel::kWarning;
+  if (s == "error") return LogLevel::kError;
+  return LogLevel::kInfo;
+}
+
+absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
+  std::vector<ListenerSpec> specs;
+  for (const ListenerConfig& l : config.listeners) {
+    ListenerSpec spec;
+    auto hp = HostPort::Parse(l.address);
+    if (!hp.ok()) return hp.status();
+    spec.address = *hp;
+    for (const std::string& n : l.relay_networks) {
+      auto cidr = Cidr::Parse(n);
+      if (!cidr.ok()) return cidr.status();
+      spec.relay_networks.push_back(*cidr);
+    }
+    spec.greeting_delay_ms = l.greeting_delay_ms;
+    smtp::SessionConfig& s = spec.session;
+    s.hostname = config.hostname;
+    s.listener_name = l.name;
+    s.stream = l.stream;
+    s.max_message_bytes = config.max_message_bytes;
+    s.max_recipients = config.max_recipients;
+    s.max_errors = config.max_errors;
+    s.add_missing_headers = l.add_missing_headers;
+    for (const std::string& d : config.local_domains) s.local_domains.insert(absl::AsciiStrToLower(d));
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
+int Run(int argc, char** argv) {
+  std::string config_path;
+  int shards_override = -1;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (arg == "--print-default-config") {
+      std::cout << DefaultConfigYaml();
+      return 0;
+    } else if (arg == "--check-config") {
+      const char* path = next();
+      if (path == nullptr) return Fail("--check-config needs a FILE");
+      auto config = LoadConfigFile(path);
+      if (!config.ok()) return Fail(std::string(config.status().message()));
+      std::printf("%s: ok\n", path);
+      return 0;
+    } else if (arg == "--config") {
+      const char* path = next();
+      if (path == nullptr) return Fail("--config needs a FILE");
+      config_path = path;
+    } else if (arg == "--shards") {
+      const char* n = next();
+      if (n == nullptr || !absl::SimpleAtoi(n, &shards_override) || shards_override < 1 ||
+          shards_override > 256) {
+        return Fail("--shards needs a number in [1, 256]");
+      }
+    } else if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      return 0;
+    } else {
+      std::cerr << kUsage;
+      return Fail(absl::StrCat("unknown argument '", arg, "'"));
+    }
+  }
+
+  auto loaded = config_path.empty() ? ParseConfig(DefaultConfigYaml(), "<defaults>")
+                                    : LoadConfigFile(config_path);
+  if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+  Config config = *std::move(loaded);
+  SetLogLevel(ParseLevel(config.log_level));
+  if (shards_override > 0) config.shards = shards_override;
+  if (config.shards == 0) config.shards = std::max(1u, std::thread::hardware_concurrency());
+  if (config.hostname.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    config.hostname = host[0] ? host : "localhost";
+  }
+
+  // Signals are taken synchronously by the main thread; shard threads inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);  // a file-size limit must surface as a write error, not a kill
+
+  queue::RocksDbSpoolOptions spool_options;
+  spool_options.path = config.spool_path;
+  spool_options.min_free_bytes = config.spool_min_free_disk_mb << 20;
+  spool_options.max_batch_records = config.spool_max_batch;
+  auto spool = queue::OpenRocksDbSpool(spool_options);
+  if (!spool.ok()) return Fail(std::string(spool.status().message()));
+
+  auto listeners = BuildListeners(config);
+  if (!listeners.ok()) return Fail(std::string(listeners.status().message()));
+  ConnectionLimiter limiter(config.max_connections, config.max_connections_per_ip);
+  queue::BodyBudget body_budget(config.spool_max_bodies_in_memory);
+  ServerContext context;
+  context.config = &config;
+  context.listeners = *std::move(listeners);
+  context.spool = spool->get();
+  context.limiter = &limiter;
+  context.body_budget = &body_budget;
+
+  std::vector<std::unique_ptr<Shard>> shards;
+  for (uint32_t i = 0; i < config.shards; ++i) {
+    shards.push_back(std::make_unique<Shard>(i, &context));
+    context.shards.push_back(shards.back().get());
+    absl::Status s = shards.back()->Init();
+    if (!s.ok()) return Fail(std::string(s.message()));
+  }
+
+  absl::Time recover_start = absl::Now();
+  uint64_t recovered = 0;
+  absl::Status rs = (*spool)->Recover([&](queue::Envelope envelope) {
+    size_t owner = absl::Hash<std::string>()(envelope.id) % shards.size();
+    shards[owner]->AddRecovered(std::move(envelope));
+    ++recovered;
+  });
+  if (!rs.ok()) return Fail(std::string(rs.message()));
+  MTA_LOG_INFO("recovered %d messages from %s in %d ms", recovered, config.spool_path,
+               absl::ToInt64Milliseconds(absl::Now() - recover_start));
+
+  for (auto& shard : shards) {
+    absl::Status s = shard->Start();
+    if (!s.ok()) return Fail(std::string(s.message()));
+  }
+  std::vector<std::string> addresses;
+  for (const ListenerConfig& l : config.listeners) addresses.push_back(l.address);
+  MTA_LOG_INFO("mtad ready: %d shards, SMTP on %s, hostname %s", shards.size(),
+               absl::StrJoin(addresses, ", "), config.hostname);
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      MTA_LOG_WARNING("SIGHUP: configuration reload is not supported yet; restart to apply");
+      continue;
+    }
+    MTA_LOG_INFO("signal %d: shutting down (grace %d s)", sig, config.shutdown_grace_s);
+    break;
+  }
+  for (auto& shard : shards) shard->BeginShutdown();
+  for (auto& shard : shards) shard->Join();
+  uint64_t queued = 0;
+  for (auto& shard : shards) queued += shard->queued_messages();
+  (*spool)->Shutdown();
+  MTA_LOG_INFO("stopped cleanly; %d messages remain queued in the spool", queued);
+  return 0;
+}
+
+}  // namespace
+}  // namespace mta::server
+
+int main(int argc, char** argv) { return mta::server::Run(argc, argv); }

@@ -1,0 +1,480 @@
+#include "mta/server/shard.h"
+
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+
+#include "absl/hash/hash.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "mta/base/log.h"
+
+namespace mta::server {
+
+/** Multishot accept on one listening socket. */
+class AcceptCompletion final : public event::Completion {
+ public:
+  AcceptCompletion(Shard* shard, size_t listener, int fd)
+      : shard_(shard), listener_(listener), fd_(fd) {}
+  void Arm() { io_uring_prep_multishot_accept(shard_->loop_->Sqe(this), fd_, nullptr, nullptr, SOCK_CLOEXEC); }
+  void OnComplete(int res, uint32_t flags) override {
+    if (res >= 0) {
+      shard_->OnAccept(listener_, res);
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
+      MTA_LOG_WARNING("shard %d: accept: %s", shard_->index(), strerror(-res));
+    }
+    if (!(flags & IORING_CQE_F_MORE) && !shard_->shutting_down_) Arm();
+  }
+
+ private:
+  Shard* shard_;
+  size_t listener_;
+  int fd_;
+};
+
+/** One inbound SMTP connection: socket I/O around an smtp::Session. */
+class Connection final : public smtp::SessionDelegate {
+ public:
+  Connection(Shard* shard, uint64_t id, int fd, const ListenerSpec& spec, smtp::ClientInfo client)
+      : shard_(shard),
+        id_(id),
+        fd_(fd),
+        spec_(spec),
+        ip_(client.ip),
+        session_(spec.session, std::move(client), this),
+        recv_op_(this, &Connection::OnRecv),
+        send_op_(this, &Connection::OnSend) {}
+
+  uint64_t id() const { return id_; }
+  const std::string& ip() const { return ip_; }
+  smtp::Session& session() { return session_; }
+
+  /** Greets (or rejects with `reject`) and starts reading. */
+  void Begin(const std::string& reject) {
+    if (!reject.empty()) {
+      session_.RejectAndClose(reject);
+      Flush();
+      return;
+    }
+    if (spec_.greeting_delay_ms == 0) {
+      char c;
+      if (recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0) return RejectEarlyTalker();
+      greeted_ = true;
+      session_.Greet();
+      Flush();
+    } else {
+      // Greeting withheld: a client that talks first is a protocol violator (or a bot).
+      Loop()->AddTimer(Loop()->Now() + absl::Milliseconds(spec_.greeting_delay_ms),
+                       [shard = shard_, id = id_] {
+                         auto it = shard->connections_.find(id);
+                         if (it == shard->connections_.end()) return;
+                         Connection* c = it->second;
+                         if (c->closed_ || c->greeted_) return;
+                         c->greeted_ = true;
+                         c->session_.Greet();
+                         c->AfterSessionCall();
+                       });
+    }
+    RefreshDeadline();
+    ArmRecv();
+  }
+
+  /** Call after anything that may have changed the session's phase or output. */
+  void AfterSessionCall() {
+    RefreshDeadline();
+    Flush();
+    if (!closed_ && session_.WantsInput()) ArmRecv();
+  }
+
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    if (timer_ != 0) Loop()->CancelTimer(timer_);
+    timer_ = 0;
+    // Wakes any pending receive (it completes with 0); the socket is closed once every
+    // operation on it has completed.
+    ::shutdown(fd_, SHUT_RDWR);
+    MaybeDestroy();
+  }
+
+  // smtp::SessionDelegate
+  std::string NewQueueId() override { return shard_->ids_.Next(absl::ToUnixMillis(Loop()->Now())); }
+  absl::Time Now() override { return Loop()->Now(); }
+  void Submit(std::unique_ptr<queue::SpoolRecord> record) override {
+    shard_->Submit(this, std::move(record));
+  }
+
+ private:
+  using Handler = void (Connection::*)(int res, uint32_t flags);
+  class Op final : public event::Completion {
+   public:
+    Op(Connection* conn, Handler handler) : conn_(conn), handler_(handler) {}
+    void OnComplete(int res, uint32_t flags) override {
+      Connection* conn = conn_;
+      --conn->pending_ops_;
+      (conn->*handler_)(res, flags);
+      conn->MaybeDestroy();  // may delete conn
+    }
+
+   private:
+    Connection* conn_;
+    Handler handler_;
+  };
+
+  event::EventLoop* Loop() { return shard_->loop_.get(); }
+
+  void RejectEarlyTalker() {
+    session_.RejectAndClose(absl::StrCat("554 5.5.1 ", spec_.session.hostname,
+                                         " Error: SMTP protocol violation, client spoke before greeting"));
+    Flush();
+  }
+
+  void ArmRecv() {
+    if (recv_armed_ || closed_) return;
+    recv_armed_ = true;
+    ++pending_ops_;
+    io_uring_sqe* sqe = Loop()->Sqe(&recv_op_);
+    io_uring_prep_recv(sqe, fd_, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = event::EventLoop::kRecvBufferGroup;
+  }
+
+  void OnRecv(int res, uint32_t flags) {
+    recv_armed_ = false;
+    if (res == -ENOBUFS) {
+      // Every shard receive buffer is in use; try again shortly.
+      if (closed_) return;
+      Loop()->AddTimer(Loop()->Now() + absl::Milliseconds(1), [shard = shard_, id = id_] {
+        auto it = shard->connections_.find(id);
+        if (it != shard->connections_.end() && it->second->session_.WantsInput()) {
+          it->second->ArmRecv();
+        }
+      });
+      return;
+    }
+    if (res <= 0) {
+      if (flags & IORING_CQE_F_BUFFER) Loop()->RecycleBuffer(flags);
+      Close();
+      return;
+    }
+    absl::string_view data = Loop()->ReceivedData(flags, res);
+    if (closed_) {
+      Loop()->RecycleBuffer(flags);
+      return;
+    }
+    if (!greeted_) {
+      Loop()->RecycleBuffer(flags);
+      RejectEarlyTalker();
+      return;
+    }
+    session_.OnInput(data);
+    Loop()->RecycleBuffer(flags);
+    AfterSessionCall();
+  }
+
+  void Flush() {
+    if (closed_) return;
+    if (!sending_ && !session_.output().empty()) {
+      send_buf_.swap(session_.output());
+      session_.output().clear();
+      send_off_ = 0;
+      sending_ = true;
+      SendMore();
+      return;
+    }
+    if (!sending_ && session_.closing()) Close();
+  }
+
+  void SendMore() {
+    ++pending_ops_;
+    io_uring_prep_send(Loop()->Sqe(&send_op_), fd_, send_buf_.data() + send_off_,
+                       send_buf_.size() - send_off_, MSG_NOSIGNAL);
+  }
+
+  void OnSend(int res, uint32_t flags) {
+    if (res < 0) {
+      sending_ = false;
+      Close();
+      return;
+    }
+    send_off_ += res;
+    if (send_off_ < send_buf_.size() && !closed_) {
+      SendMore();
+      return;
+    }
+    sending_ = false;
+    send_buf_.clear();
+    Flush();
+  }
+
+  void RefreshDeadline() {
+    const Config& cfg = *shard_->context_->config;
+    switch (session_.phase()) {
+      case smtp::Session::Phase::kCommand:
+        deadline_ = Loop()->Now() + absl::Seconds(cfg.command_timeout_s);
+        break;
+      case smtp::Session::Phase::kContent:
+        deadline_ = Loop()->Now() + absl::Seconds(cfg.data_timeout_s);
+        break;
+      default:
+        deadline_ = absl::InfiniteFuture();
+        return;
+    }
+    if (timer_ == 0 && !closed_) ArmTimer();
+  }
+
+  void ArmTimer() {
+    timer_ = Loop()->AddTimer(deadline_, [shard = shard_, id = id_] {
+      auto it = shard->connections_.find(id);
+      if (it == shard->connections_.end()) return;
+      Connection* c = it->second;
+      c->timer_ = 0;
+      if (c->closed_ || c->deadline_ == absl::InfiniteFuture()) return;
+      if (c->Loop()->Now() < c->deadline_) {
+        c->ArmTimer();
+        return;
+      }
+      c->session_.OnTimeout();
+      c->Flush();
+    });
+  }
+
+  void MaybeDestroy() {
+    if (!closed_ || pending_ops_ > 0) return;
+    ::close(fd_);
+    shard_->OnConnectionClosed(this);
+  }
+
+  Shard* const shard_;
+  const uint64_t id_;
+  const int fd_;
+  const ListenerSpec& spec_;
+  const std::string ip_;
+  smtp::Session session_;
+  Op recv_op_;
+  Op send_op_;
+  int pending_ops_ = 0;
+  bool recv_armed_ = false;
+  bool sending_ = false;
+  bool closed_ = false;
+  bool greeted_ = false;
+  std::string send_buf_;
+  size_t send_off_ = 0;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  event::EventLoop::TimerId timer_ = 0;
+};
+
+Shard::Shard(uint32_t index, ServerContext* context)
+    : index_(index),
+      context_(context),
+      ids_(index, absl::Uniform<uint32_t>(absl::BitGen())),
+      queue_(context->body_budget) {}
+
+Shard::~Shard() {
+  for (int fd : listen_fds_) ::close(fd);
+}
+
+absl::Status Shard::Init() {
+  for (size_t i = 0; i < context_->listeners.size(); ++i) {
+    const ListenerSpec& spec = context_->listeners[i];
+    sockaddr_storage addr;
+    auto len = spec.address.ToSockaddr(&addr);
+    if (!len.ok()) return len.status();
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+    listen_fds_.push_back(fd);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), *len) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "listener ", spec.session.listener_name, ": bind ", spec.address.host, ":",
+          spec.address.port, ": ", strerror(errno)));
+    }
+    if (listen(fd, 4096) != 0) {
+      return absl::InternalError(absl::StrCat("listen: ", strerror(errno)));
+    }
+    accepts_.push_back(std::make_unique<AcceptCompletion>(this, i, fd));
+  }
+  return absl::OkStatus();
+}
+
+void Shard::AddRecovered(queue::Envelope envelope) { Enqueue(std::move(envelope), std::nullopt); }
+
+absl::Status Shard::Start() {
+  // The ring is created on the shard's own thread: IORING_SETUP_SINGLE_ISSUER ties it to
+  // the thread that creates it.
+  std::promise<absl::Status> started;
+  std::future<absl::Status> result = started.get_future();
+  thread_ = std::thread([this, &started] {
+    std::string name = absl::StrCat("shard-", index_);
+    pthread_setname_np(pthread_self(), name.c_str());
+    unsigned cpus = std::thread::hardware_concurrency();
+    if (cpus > 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(index_ % cpus, &set);
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
+    auto loop = event::EventLoop::Create(event::EventLoop::Options());
+    if (!loop.ok()) {
+      started.set_value(loop.status());
+      return;
+    }
+    loop_ = *std::move(loop);
+    for (auto& a : accepts_) a->Arm();
+    started.set_value(absl::OkStatus());
+    loop_->Run();
+  });
+  absl::Status s = result.get();
+  if (!s.ok()) thread_.join();
+  return s;
+}
+
+void Shard::BeginShutdown() {
+  loop_->Post([this] { ShutdownOnLoop(); });
+}
+
+void Shard::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Shard::ShutdownOnLoop() {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  for (auto& a : accepts_) {
+    io_uring_sqe* sqe = loop_->Sqe(nullptr);
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(a.get()), 0);
+  }
+  for (int fd : listen_fds_) ::shutdown(fd, SHUT_RDWR);
+  // Snapshot ids: OnShutdown may close (and erase) connections.
+  std::vector<uint64_t> ids;
+  for (const auto& [id, conn] : connections_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    auto it = connections_.find(id);
+    if (it == connections_.end()) continue;
+    it->second->session().OnShutdown();
+    it->second->AfterSessionCall();
+  }
+  uint32_t grace = context_->config->shutdown_grace_s;
+  loop_->AddTimer(loop_->Now() + absl::Seconds(grace), [this] {
+    std::vector<Connection*> conns;
+    for (const auto& [id, conn] : connections_) conns.push_back(conn);
+    for (Connection* c : conns) {
+      if (c->session().phase() == smtp::Session::Phase::kWaitingCommit) continue;
+      c->session().RejectAndClose(absl::StrCat(
+          "421 4.3.2 ", context_->config->hostname, " Service shutting down"));
+      c->AfterSessionCall();
+    }
+  });
+  MaybeFinishShutdown();
+}
+
+void Shard::MaybeFinishShutdown() {
+  if (shutting_down_ && connections_.empty() && pending_commits_ == 0) loop_->Stop();
+}
+
+void Shard::OnAccept(size_t listener, int fd) {
+  if (shutting_down_) {
+    ::close(fd);
+    return;
+  }
+  const ListenerSpec& spec = context_->listeners[listener];
+  sockaddr_storage peer;
+  socklen_t peer_len = sizeof(peer);
+  std::memset(&peer, 0, sizeof(peer));
+  getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len);
+  IpAddress ip = IpAddress::FromSockaddr(peer);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+  smtp::ClientInfo client;
+  client.ip = ip.ToString();
+  for (const Cidr& net : spec.relay_networks) {
+    if (net.Contains(ip)) {
+      client.relay_allowed = true;
+      break;
+    }
+  }
+  const std::string& host = spec.session.hostname;
+  std::string reject;
+  switch (context_->limiter->Acquire(client.ip)) {
+    case ConnectionLimiter::Verdict::kOk:
+      break;
+    case ConnectionLimiter::Verdict::kTooManyTotal:
+      reject = absl::StrCat("421 4.7.0 ", host, " Error: too many connections");
+      break;
+    case ConnectionLimiter::Verdict::kTooManyFromIp:
+      reject = absl::StrCat("421 4.7.0 ", host, " Error: too many connections from ", client.ip);
+      break;
+  }
+  bool counted = reject.empty();
+  if (counted && !context_->spool->Healthy()) {
+    reject = absl::StrCat("421 4.3.2 ", host, " Service temporarily unavailable: ",
+                          context_->spool->HealthReason());
+  }
+  uint64_t id = next_conn_id_++;
+  auto* conn = new Connection(this, id, fd, spec, std::move(client));
+  if (!counted) uncounted_.insert(id);
+  connections_[id] = conn;
+  conn->Begin(reject);
+}
+
+void Shard::OnConnectionClosed(Connection* conn) {
+  if (!uncounted_.erase(conn->id())) context_->limiter->Release(conn->ip());
+  connections_.erase(conn->id());
+  delete conn;
+  MaybeFinishShutdown();
+}
+
+void Shard::Submit(Connection* conn, std::unique_ptr<queue::SpoolRecord> record) {
+  ++pending_commits_;
+  event::EventLoop* loop = loop_.get();
+  uint64_t conn_id = conn->id();
+  context_->spool->Commit(std::move(record), [this, loop, conn_id](
+                                                 absl::Status status,
+                                                 std::unique_ptr<queue::SpoolRecord> rec) mutable {
+    // Runs on the spool's writer thread: hand the verdict back to this shard's loop.
+    loop->Post([this, conn_id, status = std::move(status), rec = std::move(rec)]() mutable {
+      OnCommitted(conn_id, std::move(status), std::move(rec));
+    });
+  });
+}
+
+void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
+                        std::unique_ptr<queue::SpoolRecord> record) {
+  --pending_commits_;
+  std::string id = record->envelope.id;
+  if (status.ok()) {
+    Shard* owner = context_->shards[absl::Hash<std::string>()(id) % context_->shards.size()];
+    if (owner == this) {
+      Enqueue(std::move(record->envelope), std::move(record->content));
+    } else {
+      owner->loop_->Post([owner, rec = std::move(record)]() mutable {
+        owner->Enqueue(std::move(rec->envelope), std::move(rec->content));
+      });
+    }
+  } else {
+    MTA_LOG_WARNING("shard %d: message %s not accepted: %s", index_, id, status.ToString());
+  }
+  auto it = connections_.find(conn_id);
+  if (it != connections_.end()) {
+    it->second->session().OnCommitDone(status, id);
+    it->second->AfterSessionCall();
+  }
+  MaybeFinishShutdown();
+}
+
+void Shard::Enqueue(queue::Envelope envelope, std::optional<std::string> content) {
+  queue_.Add(std::move(envelope), std::move(content));
+  queued_.store(queue_.size(), std::memory_order_relaxed);
+}
+
+}  // namespace mta::server

@@ -1,0 +1,104 @@
+// A shard: one thread, one io_uring loop, its own listeners, connections and queue.
+#ifndef MTA_SERVER_SHARD_H_
+#define MTA_SERVER_SHARD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "mta/base/net.h"
+#include "mta/event/event_loop.h"
+#include "mta/server/config.h"
+#include "mta/server/connection_limiter.h"
+#include "mta/smtp/session.h"
+#include "queue/message_queue.h"
+#include "queue/queue_id.h"
+#include "queue/spool.h"
+
+namespace mta::server {
+
+class Shard;
+
+/** One configured listener, resolved once at start-up and shared read-only by shards. */
+struct ListenerSpec {
+  smtp::SessionConfig session;
+  HostPort address;
+  std::vector<Cidr> relay_networks;
+  uint32_t greeting_delay_ms = 0;
+};
+
+/** What every shard shares. Outlives the shards. */
+struct ServerContext {
+  const Config* config = nullptr;
+  std::vector<ListenerSpec> listeners;
+  queue::Spool* spool = nullptr;
+  ConnectionLimiter* limiter = nullptr;
+  queue::BodyBudget* body_budget = nullptr;
+  std::vector<Shard*> shards;  // filled before any shard runs
+};
+
+class Connection;
+class AcceptCompletion;
+
+/**
+ * Shard-local state lives on the shard's thread; the public methods marked thread-safe
+ * post into that thread.
+ */
+class Shard {
+ public:
+  Shard(uint32_t index, ServerContext* context);
+  ~Shard();
+
+  /** Binds the listeners (SO_REUSEPORT). Call before Start(). */
+  absl::Status Init();
+  /** Adds a recovered message to this shard's queue. Only before Start(). */
+  void AddRecovered(queue::Envelope envelope);
+  /** Starts the thread and its io_uring loop; returns once it accepts connections. */
+  absl::Status Start();
+  /** Thread-safe: stop accepting, let sessions in DATA finish, then exit the loop. */
+  void BeginShutdown();
+  void Join();
+
+  uint32_t index() const { return index_; }
+  /** Thread-safe snapshot, updated on the shard thread. */
+  uint64_t queued_messages() const { return queued_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class Connection;
+  friend class AcceptCompletion;
+
+  void OnAccept(size_t listener, int fd);
+  void OnConnectionClosed(Connection* conn);
+  void Submit(Connection* conn, std::unique_ptr<queue::SpoolRecord> record);
+  void OnCommitted(uint64_t conn_id, absl::Status status,
+                   std::unique_ptr<queue::SpoolRecord> record);
+  void Enqueue(queue::Envelope envelope, std::optional<std::string> content);
+  void MaybeFinishShutdown();
+  void ShutdownOnLoop();
+
+  const uint32_t index_;
+  ServerContext* const context_;
+  std::unique_ptr<event::EventLoop> loop_;
+  std::vector<int> listen_fds_;
+  std::vector<std::unique_ptr<AcceptCompletion>> accepts_;
+  absl::flat_hash_map<uint64_t, Connection*> connections_;
+  absl::flat_hash_set<uint64_t> uncounted_;  // rejected by the limiter: nothing to release
+  uint64_t next_conn_id_ = 1;
+  uint64_t pending_commits_ = 0;
+  bool shutting_down_ = false;
+  queue::QueueIdGenerator ids_;
+  queue::MessageQueue queue_;
+  std::atomic<uint64_t> queued_{0};
+  std::thread thread_;
+};
+
+}  // namespace mta::server
+
+#endif  // MTA_SERVER_SHARD_H_

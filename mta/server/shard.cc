@@ -117,9 +117,9 @@ class Connection final : public smtp::SessionDelegate {
     Op(Connection* conn, Handler handler) : conn_(conn), handler_(handler) {}
     void OnComplete(int res, uint32_t flags) override {
       Connection* conn = conn_;
-      --conn->pending_ops_;
       (conn->*handler_)(res, flags);
-      conn->MaybeDestroy();  // may delete conn
+      --conn->pending_ops_;
+      conn->MaybeDestroy();
     }
 
    private:
@@ -245,10 +245,15 @@ class Connection final : public smtp::SessionDelegate {
     });
   }
 
+  // Destruction is deferred to a later loop pass so no caller up the stack (an op
+  // callback, a timer, a commit notification) is left holding a dangling pointer.
   void MaybeDestroy() {
-    if (!closed_ || pending_ops_ > 0) return;
-    ::close(fd_);
-    shard_->OnConnectionClosed(this);
+    if (!closed_ || pending_ops_ > 0 || destroy_scheduled_) return;
+    destroy_scheduled_ = true;
+    Loop()->AddTimer(Loop()->Now(), [this] {
+      ::close(fd_);
+      shard_->OnConnectionClosed(this);
+    });
   }
 
   Shard* const shard_;
@@ -264,6 +269,7 @@ class Connection final : public smtp::SessionDelegate {
   bool sending_ = false;
   bool closed_ = false;
   bool greeted_ = false;
+  bool destroy_scheduled_ = false;
   std::string send_buf_;
   size_t send_off_ = 0;
   absl::Time deadline_ = absl::InfiniteFuture();

@@ -9,6 +9,9 @@ namespace mta::queue {
 namespace {
 
 constexpr uint8_t kVersion = 1;
+// An encoded recipient takes at least 5 bytes (address length, notify, orcpt length,
+// state, attempts), which bounds what a corrupt count can make us allocate.
+constexpr size_t kMinRecipientBytes = 5;
 
 void PutVarint(std::string* out, uint64_t v) {
   while (v >= 0x80) {
@@ -59,7 +62,9 @@ class Reader {
 };
 
 // Signed values are stored zig-zag encoded.
-uint64_t ZigZag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+uint64_t ZigZag(int64_t v) {
+  return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
+}
 int64_t UnZigZag(uint64_t v) { return static_cast<int64_t>((v >> 1) ^ (~(v & 1) + 1)); }
 
 }  // namespace
@@ -100,11 +105,11 @@ absl::StatusOr<Envelope> DecodeEnvelope(absl::string_view bytes) {
   Envelope e;
   uint64_t received, next, count;
   int smtputf8;
-  bool ok = r.String(&e.id) && r.String(&e.sender) && r.Small(&e.ret, 2) &&
-            r.String(&e.envid) && r.Small(&e.body_type, 2) && r.Small(&smtputf8, 1) &&
-            r.String(&e.stream) && r.String(&e.listener) && r.String(&e.client_ip) &&
-            r.String(&e.helo) && r.Varint(&received) && r.Varint(&e.content_bytes) &&
-            r.Varint(&next) && r.Varint(&count) && count <= bytes.size();
+  bool ok = r.String(&e.id) && r.String(&e.sender) && r.Small(&e.ret, 2) && r.String(&e.envid) &&
+            r.Small(&e.body_type, 2) && r.Small(&smtputf8, 1) && r.String(&e.stream) &&
+            r.String(&e.listener) && r.String(&e.client_ip) && r.String(&e.helo) &&
+            r.Varint(&received) && r.Varint(&e.content_bytes) && r.Varint(&next) &&
+            r.Varint(&count) && count <= bytes.size() / kMinRecipientBytes;
   if (!ok) return absl::DataLossError("envelope: truncated or corrupt header");
   e.smtputf8 = smtputf8 != 0;
   e.received_ms = UnZigZag(received);

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace mta::queue {
 
@@ -40,10 +40,10 @@ struct Envelope {
   std::string envid;  // RFC 3461 ENVID, decoded
   BodyType body_type = BodyType::kUnspecified;
   bool smtputf8 = false;
-  std::string stream;      // traffic stream name
-  std::string listener;    // name of the listener that accepted it
-  std::string client_ip;   // peer address
-  std::string helo;        // client's EHLO/HELO argument
+  std::string stream;       // traffic stream name
+  std::string listener;     // name of the listener that accepted it
+  std::string client_ip;    // peer address
+  std::string helo;         // client's EHLO/HELO argument
   int64_t received_ms = 0;  // Unix milliseconds at acceptance
   uint64_t content_bytes = 0;
   int64_t next_attempt_ms = 0;

@@ -63,8 +63,7 @@ class RocksDbSpool final : public Spool {
       auto envelope = DecodeEnvelope(absl::string_view(it->value().data(), it->value().size()));
       if (!envelope.ok()) {
         // A corrupt record is reported and skipped rather than blocking every other one.
-        MTA_LOG_ERROR("spool: skipping %s: %s", it->key().ToString(),
-                      envelope.status().ToString());
+        MTA_LOG_ERROR("spool: skipping %s: %s", it->key().ToString(), envelope.status().ToString());
         continue;
       }
       fn(*std::move(envelope));
@@ -132,6 +131,7 @@ class RocksDbSpool final : public Spool {
     if (ok != disk_ok_.load()) {
       if (ok) {
         MTA_LOG_INFO("spool: free disk %d MiB, accepting again", free_bytes >> 20);
+        if (!write_failed_.load()) SetReason("");
       } else {
         MTA_LOG_ERROR("spool: free disk %d MiB below floor %d MiB, shedding intake",
                       free_bytes >> 20, options_.min_free_bytes >> 20);
@@ -151,6 +151,7 @@ class RocksDbSpool final : public Spool {
     if (s.ok()) {
       MTA_LOG_INFO("spool: writes succeed again, accepting");
       write_failed_.store(false);
+      if (disk_ok_.load()) SetReason("");
     }
   }
 

@@ -34,7 +34,8 @@ std::string DotStuffed(const std::string& m) {
 }
 
 void BM_ParseCommand(benchmark::State& state) {
-  const std::string line = "MAIL FROM:<someone.long.name@subdomain.example.com> SIZE=12345 BODY=8BITMIME";
+  const std::string line =
+      "MAIL FROM:<someone.long.name@subdomain.example.com> SIZE=12345 BODY=8BITMIME";
   for (auto _ : state) {
     Command cmd = ParseCommand(line);
     auto path = ParsePath(cmd.args.substr(5), {.allow_null = true});

@@ -2,9 +2,8 @@
 #ifndef MTA_BASE_LOG_H_
 #define MTA_BASE_LOG_H_
 
-
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 
 namespace mta {
 

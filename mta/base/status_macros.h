@@ -8,10 +8,10 @@
 #define MTA_STATUS_CONCAT_INNER_(a, b) a##b
 #define MTA_STATUS_CONCAT_(a, b) MTA_STATUS_CONCAT_INNER_(a, b)
 
-#define MTA_RETURN_IF_ERROR(expr)                \
-  do {                                           \
-    ::absl::Status mta_status_ = (expr);         \
-    if (!mta_status_.ok()) return mta_status_;   \
+#define MTA_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status mta_status_ = (expr);       \
+    if (!mta_status_.ok()) return mta_status_; \
   } while (0)
 
 #define MTA_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \

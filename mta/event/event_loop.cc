@@ -48,8 +48,8 @@ absl::Status EventLoop::Init(const Options& options) {
   buffer_count_ = options.recv_buffers;
   buffer_bytes_ = options.recv_buffer_bytes;
   buf_ring_bytes_ = sizeof(io_uring_buf) * buffer_count_;
-  void* mem = mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-                   -1, 0);
+  void* mem =
+      mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) return ErrnoToStatus(errno, "mmap buffer ring");
   buf_ring_ = static_cast<io_uring_buf_ring*>(mem);
   io_uring_buf_reg reg;

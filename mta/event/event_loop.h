@@ -41,7 +41,7 @@ class EventLoop {
 
   struct Options {
     uint32_t sq_entries = 4096;
-    uint32_t recv_buffers = 1024;       // power of two
+    uint32_t recv_buffers = 1024;  // power of two
     uint32_t recv_buffer_bytes = 16384;
   };
 

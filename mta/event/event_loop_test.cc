@@ -11,8 +11,8 @@ namespace mta::event {
 namespace {
 
 std::unique_ptr<EventLoop> MakeLoop() {
-  auto loop = EventLoop::Create(EventLoop::Options{.sq_entries = 64, .recv_buffers = 8,
-                                                   .recv_buffer_bytes = 64});
+  auto loop = EventLoop::Create(
+      EventLoop::Options{.sq_entries = 64, .recv_buffers = 8, .recv_buffer_bytes = 64});
   if (!loop.ok()) return nullptr;
   return *std::move(loop);
 }

@@ -12,7 +12,8 @@
 namespace mta::server {
 namespace {
 
-constexpr char kDefaultYaml[] = R"(# mtad configuration. Every key is optional; the values shown are the defaults.
+constexpr char kDefaultYaml[] =
+    R"(# mtad configuration. Every key is optional; the values shown are the defaults.
 server:
   hostname: ""                # name used in the greeting and Received: ("" = machine hostname)
   shards: 0                   # event-loop threads, each with its own io_uring (0 = one per CPU)
@@ -71,7 +72,8 @@ class MapReader {
     YAML::Node n = Get(key);
     if (!n) return absl::OkStatus();
     bool v;
-    if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) return Error(n, key, "must be true or false");
+    if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v))
+      return Error(n, key, "must be true or false");
     *out = v;
     return absl::OkStatus();
   }
@@ -129,10 +131,10 @@ class MapReader {
   absl::flat_hash_set<std::string> seen_;
 };
 
-#define RETURN_IF_ERROR(expr)             \
-  do {                                    \
-    absl::Status s_ = (expr);             \
-    if (!s_.ok()) return s_;              \
+#define RETURN_IF_ERROR(expr) \
+  do {                        \
+    absl::Status s_ = (expr); \
+    if (!s_.ok()) return s_;  \
   } while (0)
 
 absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_view source,

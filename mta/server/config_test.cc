@@ -49,7 +49,8 @@ void ExpectError(const char* yaml, const char* fragment) {
 }
 
 TEST(ConfigTest, ErrorsNameFileLineAndReason) {
-  ExpectError("limits:\n  max_recipients: 0\n", "bad.yaml:2:19: limits.max_recipients: must be in [1, 100000], got 0");
+  ExpectError("limits:\n  max_recipients: 0\n",
+              "bad.yaml:2:19: limits.max_recipients: must be in [1, 100000], got 0");
   ExpectError("limits:\n  max_recipients: -3\n", "limits.max_recipients: must be an integer");
   ExpectError("limits:\n  max_recipents: 3\n", "bad.yaml:2:3: limits.max_recipents: unknown key");
   ExpectError("bogus: 1\n", "bogus: unknown key");

@@ -65,7 +65,8 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     s.max_recipients = config.max_recipients;
     s.max_errors = config.max_errors;
     s.add_missing_headers = l.add_missing_headers;
-    for (const std::string& d : config.local_domains) s.local_domains.insert(absl::AsciiStrToLower(d));
+    for (const std::string& d : config.local_domains)
+      s.local_domains.insert(absl::AsciiStrToLower(d));
     specs.push_back(std::move(spec));
   }
   return specs;
@@ -166,9 +167,14 @@ int Run(int argc, char** argv) {
   MTA_LOG_INFO("recovered %d messages from %s in %d ms", recovered, config.spool_path,
                absl::ToInt64Milliseconds(absl::Now() - recover_start));
 
-  for (auto& shard : shards) {
-    absl::Status s = shard->Start();
-    if (!s.ok()) return Fail(std::string(s.message()));
+  for (size_t i = 0; i < shards.size(); ++i) {
+    absl::Status s = shards[i]->Start();
+    if (!s.ok()) {
+      for (size_t j = 0; j < i; ++j) shards[j]->BeginShutdown();
+      for (size_t j = 0; j < i; ++j) shards[j]->Join();
+      (*spool)->Shutdown();
+      return Fail(std::string(s.message()));
+    }
   }
   std::vector<std::string> addresses;
   for (const ListenerConfig& l : config.listeners) addresses.push_back(l.address);

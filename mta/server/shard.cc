@@ -22,7 +22,9 @@ class AcceptCompletion final : public event::Completion {
  public:
   AcceptCompletion(Shard* shard, size_t listener, int fd)
       : shard_(shard), listener_(listener), fd_(fd) {}
-  void Arm() { io_uring_prep_multishot_accept(shard_->loop_->Sqe(this), fd_, nullptr, nullptr, SOCK_CLOEXEC); }
+  void Arm() {
+    io_uring_prep_multishot_accept(shard_->loop_->Sqe(this), fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  }
   void OnComplete(int res, uint32_t flags) override {
     if (res >= 0) {
       shard_->OnAccept(listener_, res);
@@ -130,8 +132,9 @@ class Connection final : public smtp::SessionDelegate {
   event::EventLoop* Loop() { return shard_->loop_.get(); }
 
   void RejectEarlyTalker() {
-    session_.RejectAndClose(absl::StrCat("554 5.5.1 ", spec_.session.hostname,
-                                         " Error: SMTP protocol violation, client spoke before greeting"));
+    session_.RejectAndClose(
+        absl::StrCat("554 5.5.1 ", spec_.session.hostname,
+                     " Error: SMTP protocol violation, client spoke before greeting"));
     Flush();
   }
 
@@ -300,9 +303,9 @@ absl::Status Shard::Init() {
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, reinterpret_cast<sockaddr*>(&addr), *len) != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "listener ", spec.session.listener_name, ": bind ", spec.address.host, ":",
-          spec.address.port, ": ", strerror(errno)));
+      return absl::FailedPreconditionError(absl::StrCat("listener ", spec.session.listener_name,
+                                                        ": bind ", spec.address.host, ":",
+                                                        spec.address.port, ": ", strerror(errno)));
     }
     if (listen(fd, 4096) != 0) {
       return absl::InternalError(absl::StrCat("listen: ", strerror(errno)));
@@ -375,8 +378,8 @@ void Shard::ShutdownOnLoop() {
     for (const auto& [id, conn] : connections_) conns.push_back(conn);
     for (Connection* c : conns) {
       if (c->session().phase() == smtp::Session::Phase::kWaitingCommit) continue;
-      c->session().RejectAndClose(absl::StrCat(
-          "421 4.3.2 ", context_->config->hostname, " Service shutting down"));
+      c->session().RejectAndClose(
+          absl::StrCat("421 4.3.2 ", context_->config->hostname, " Service shutting down"));
       c->AfterSessionCall();
     }
   });
@@ -423,8 +426,8 @@ void Shard::OnAccept(size_t listener, int fd) {
   }
   bool counted = reject.empty();
   if (counted && !context_->spool->Healthy()) {
-    reject = absl::StrCat("421 4.3.2 ", host, " Service temporarily unavailable: ",
-                          context_->spool->HealthReason());
+    reject = absl::StrCat("421 4.3.2 ", host,
+                          " Service temporarily unavailable: ", context_->spool->HealthReason());
   }
   uint64_t id = next_conn_id_++;
   auto* conn = new Connection(this, id, fd, spec, std::move(client));
@@ -444,14 +447,14 @@ void Shard::Submit(Connection* conn, std::unique_ptr<queue::SpoolRecord> record)
   ++pending_commits_;
   event::EventLoop* loop = loop_.get();
   uint64_t conn_id = conn->id();
-  context_->spool->Commit(std::move(record), [this, loop, conn_id](
-                                                 absl::Status status,
-                                                 std::unique_ptr<queue::SpoolRecord> rec) mutable {
-    // Runs on the spool's writer thread: hand the verdict back to this shard's loop.
-    loop->Post([this, conn_id, status = std::move(status), rec = std::move(rec)]() mutable {
-      OnCommitted(conn_id, std::move(status), std::move(rec));
-    });
-  });
+  context_->spool->Commit(
+      std::move(record),
+      [this, loop, conn_id](absl::Status status, std::unique_ptr<queue::SpoolRecord> rec) mutable {
+        // Runs on the spool's writer thread: hand the verdict back to this shard's loop.
+        loop->Post([this, conn_id, status = std::move(status), rec = std::move(rec)]() mutable {
+          OnCommitted(conn_id, std::move(status), std::move(rec));
+        });
+      });
 }
 
 void Shard::OnCommitted(uint64_t conn_id, absl::Status status,

@@ -18,9 +18,25 @@ constexpr size_t kMaxPath = 256;
 bool IsAtext(unsigned char c) {
   if (absl::ascii_isalnum(c)) return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '/': case '=': case '?': case '^': case '_': case '`': case '{':
-    case '|': case '}': case '~':
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '/':
+    case '=':
+    case '?':
+    case '^':
+    case '_':
+    case '`':
+    case '{':
+    case '|':
+    case '}':
+    case '~':
       return true;
     default:
       return false;
@@ -57,7 +73,8 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i) {
 }
 
 bool IsValidAddressLiteral(absl::string_view lit) {
-  // lit excludes the brackets.
+  // lit excludes the brackets. inet_pton stops at a NUL, which would hide trailing bytes.
+  if (lit.find('\0') != absl::string_view::npos) return false;
   std::string s(lit);
   unsigned char buf[16];
   if (absl::StartsWithIgnoreCase(lit, "IPv6:")) {
@@ -137,7 +154,8 @@ absl::StatusOr<PathParseResult> ParsePath(absl::string_view input, const PathOpt
   }
   if (close == absl::string_view::npos) return fail("missing closing '>'");
   absl::string_view path = input.substr(1, close - 1);
-  if (path.size() > kMaxPath) return fail("path too long");
+  // RFC 5321 4.5.3.1.3: the 256 octets include the angle brackets.
+  if (close + 1 > kMaxPath) return fail("path too long");
   PathParseResult result;
   result.consumed = close + 1;
   Mailbox& mb = result.mailbox;
@@ -155,12 +173,12 @@ absl::StatusOr<PathParseResult> ParsePath(absl::string_view input, const PathOpt
     while (pos < route.size()) {
       if (route[pos] != '@') return fail("bad source route");
       size_t comma = route.find(',', pos);
-      absl::string_view hop = route.substr(pos + 1, comma == absl::string_view::npos
-                                                       ? absl::string_view::npos
-                                                       : comma - pos - 1);
+      absl::string_view hop = route.substr(
+          pos + 1, comma == absl::string_view::npos ? absl::string_view::npos : comma - pos - 1);
       if (!IsValidDomain(hop, options.allow_utf8)) return fail("bad source route domain");
       if (comma == absl::string_view::npos) break;
       pos = comma + 1;
+      if (pos == route.size()) return fail("bad source route");  // trailing comma
     }
     mb.had_source_route = true;
     path = path.substr(colon + 1);

@@ -4,18 +4,18 @@
 
 #include <string>
 
-#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace mta::smtp {
 
 /** A parsed envelope mailbox. `local_part` keeps its quotes if it was quoted. */
 struct Mailbox {
   std::string local_part;
-  std::string domain;          // lower-cased unless it is an address literal
-  bool quoted = false;         // local part was a Quoted-string
+  std::string domain;           // lower-cased unless it is an address literal
+  bool quoted = false;          // local part was a Quoted-string
   bool domain_literal = false;  // [1.2.3.4] or [IPv6:...]
-  bool non_ascii = false;      // needs SMTPUTF8
+  bool non_ascii = false;       // needs SMTPUTF8
   bool had_source_route = false;
 
   bool IsNull() const { return local_part.empty() && domain.empty(); }
@@ -35,8 +35,8 @@ struct PathParseResult {
 };
 
 struct PathOptions {
-  bool allow_null = false;   // MAIL FROM:<>
-  bool allow_utf8 = false;   // SMTPUTF8 was requested
+  bool allow_null = false;        // MAIL FROM:<>
+  bool allow_utf8 = false;        // SMTPUTF8 was requested
   bool allow_postmaster = false;  // RCPT TO:<Postmaster> without domain
 };
 

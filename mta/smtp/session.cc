@@ -102,8 +102,20 @@ void Session::Process() {
   }
 }
 
+// RFC 5321 section 4.5.3.1.4 allows 512 octets; extensions add room for their parameters:
+// SIZE (RFC 1870: 26), RET/ENVID (RFC 3461: 112) and SMTPUTF8 (RFC 6531: 10) on MAIL,
+// NOTIFY/ORCPT (RFC 3461: 500) on RCPT.
+size_t Session::MaxLineFor(absl::string_view line) const {
+  if (!esmtp_ || line.size() < 4) return kMaxCommandLine;
+  Verb verb = ParseCommand(line.substr(0, 4)).verb;
+  if (verb == Verb::kMail) return kMaxCommandLine + 26 + 112 + 10;
+  if (verb == Verb::kRcpt) return kMaxCommandLine + 500;
+  return kMaxCommandLine;
+}
+
 bool Session::ProcessCommandLine() {
-  if (shutting_down_) {
+  // A chunked (BDAT) message in progress is allowed to finish before shutdown.
+  if (shutting_down_ && !txn_.bdat) {
     Close(absl::StrCat("421 4.3.2 ", config_.hostname, " Service shutting down"));
     return false;
   }
@@ -120,14 +132,14 @@ bool Session::ProcessCommandLine() {
     return true;
   }
   if (lf == absl::string_view::npos) {
-    if (avail.size() > kMaxCommandLine) {
+    if (avail.size() > kMaxExtendedCommandLine) {
       discarding_long_line_ = true;
       in_pos_ = in_.size();
     }
     return false;
   }
   in_pos_ += lf + 1;
-  if (lf + 1 > kMaxCommandLine) {
+  if (lf + 1 > MaxLineFor(avail.substr(0, lf))) {
     ReplyError("500 5.5.2 Error: command line too long");
     return true;
   }
@@ -187,15 +199,16 @@ void Session::HandleCommand(absl::string_view line) {
 void Session::HandleEhlo(absl::string_view args, bool extended) {
   absl::string_view name = args.substr(0, args.find(' '));
   if (name.empty()) {
-    return ReplyError(extended ? "501 5.5.4 Syntax: EHLO hostname" : "501 5.5.4 Syntax: HELO hostname");
+    return ReplyError(extended ? "501 5.5.4 Syntax: EHLO hostname"
+                               : "501 5.5.4 Syntax: HELO hostname");
   }
   if (name.size() > kMaxHeloLength) return ReplyError("501 5.5.4 Error: hostname too long");
   ResetTransaction();
   helo_ = std::string(name);
   esmtp_ = extended;
   if (!extended) return Reply(absl::StrCat("250 ", config_.hostname));
-  Reply(absl::StrCat("250-", config_.hostname, " Hello ", SanitizeForHeader(name), " [",
-                     client_.ip, "]"));
+  Reply(absl::StrCat("250-", config_.hostname, " Hello ", SanitizeForHeader(name), " [", client_.ip,
+                     "]"));
   Reply("250-PIPELINING");
   Reply(absl::StrCat("250-SIZE ", config_.max_message_bytes));
   Reply("250-8BITMIME");
@@ -212,10 +225,12 @@ void Session::HandleMail(absl::string_view args) {
   if (!StripPrefix(&args, "FROM:")) return ReplyError("501 5.5.4 Syntax: MAIL FROM:<address>");
   auto path = ParsePath(args, {.allow_null = true, .allow_utf8 = true});
   if (!path.ok()) {
-    return ReplyError(absl::StrCat("501 5.1.7 Bad sender address syntax: ", path.status().message()));
+    return ReplyError(
+        absl::StrCat("501 5.1.7 Bad sender address syntax: ", path.status().message()));
   }
   absl::string_view rest = args.substr(path->consumed);
-  if (!rest.empty() && rest.front() != ' ') return ReplyError("501 5.5.4 Syntax: MAIL FROM:<address>");
+  if (!rest.empty() && rest.front() != ' ')
+    return ReplyError("501 5.5.4 Syntax: MAIL FROM:<address>");
   auto params = ParseEsmtpParams(rest);
   if (!params.ok()) return ReplyError(absl::StrCat("501 5.5.4 ", params.status().message()));
   if (!params->empty() && !esmtp_) {
@@ -287,7 +302,8 @@ void Session::HandleRcpt(absl::string_view args) {
   }
   const Mailbox& mb = path->mailbox;
   absl::string_view rest = args.substr(path->consumed);
-  if (!rest.empty() && rest.front() != ' ') return ReplyError("501 5.5.4 Syntax: RCPT TO:<address>");
+  if (!rest.empty() && rest.front() != ' ')
+    return ReplyError("501 5.5.4 Syntax: RCPT TO:<address>");
   auto params = ParseEsmtpParams(rest);
   if (!params.ok()) return ReplyError(absl::StrCat("501 5.5.4 ", params.status().message()));
   if (!params->empty() && !esmtp_) return ReplyError("555 5.5.4 Error: parameters require EHLO");
@@ -316,8 +332,9 @@ void Session::HandleRcpt(absl::string_view args) {
       }
     } else if (p.keyword == "ORCPT") {
       size_t semi = p.value.find(';');
-      auto addr = semi == std::string::npos ? absl::StatusOr<std::string>(absl::InvalidArgumentError(""))
-                                            : DecodeXtext(absl::string_view(p.value).substr(semi + 1));
+      auto addr = semi == std::string::npos
+                      ? absl::StatusOr<std::string>(absl::InvalidArgumentError(""))
+                      : DecodeXtext(absl::string_view(p.value).substr(semi + 1));
       if (!addr.ok() || semi == 0 || addr->empty()) {
         return ReplyError("501 5.5.4 Error: bad ORCPT value");
       }
@@ -336,8 +353,8 @@ void Session::HandleRcpt(absl::string_view args) {
     rcpt.address = mb.ToString();
     bool local = !mb.domain_literal && config_.local_domains.contains(mb.domain);
     if (!client_.relay_allowed && (!local || mb.HasRelayOperators())) {
-      return ReplyError(absl::StrCat("554 5.7.1 <", SanitizeForHeader(rcpt.address),
-                                     ">: Relay access denied"));
+      return ReplyError(
+          absl::StrCat("554 5.7.1 <", SanitizeForHeader(rcpt.address), ">: Relay access denied"));
     }
   }
   for (const queue::Recipient& r : env.recipients) {
@@ -413,7 +430,8 @@ bool Session::ConsumeContent() {
   phase_ = Phase::kCommand;
   if (txn_.bdat_failed) {
     bool had_mail = txn_.envelope.has_value();
-    if (bdat_last_) ResetTransaction();
+    // Without MAIL there is no transaction to keep; later chunks fail on their own.
+    if (bdat_last_ || !had_mail) ResetTransaction();
     ReplyError(had_mail ? "554 5.5.1 Error: no valid recipients"
                         : "503 5.5.1 Error: need MAIL command");
     return true;
@@ -503,7 +521,7 @@ void Session::OnTimeout() {
 
 void Session::OnShutdown() {
   shutting_down_ = true;
-  if (phase_ == Phase::kCommand) {
+  if (phase_ == Phase::kCommand && !txn_.bdat) {
     Close(absl::StrCat("421 4.3.2 ", config_.hostname, " Service shutting down"));
   }
 }

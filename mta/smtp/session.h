@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/string_view.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "mta/smtp/data_framer.h"
 #include "queue/envelope.h"
@@ -82,6 +82,8 @@ class Session {
 
   /** Longest command line including CRLF (RFC 5321 section 4.5.3.1.4). */
   static constexpr size_t kMaxCommandLine = 512;
+  /** Longest MAIL/RCPT line once DSN, SIZE and SMTPUTF8 parameters are allowed for. */
+  static constexpr size_t kMaxExtendedCommandLine = kMaxCommandLine + 500;
 
  private:
   struct Transaction {
@@ -97,6 +99,7 @@ class Session {
 
   void Process();
   bool ProcessCommandLine();  // false when more input is needed
+  size_t MaxLineFor(absl::string_view line) const;
   void HandleCommand(absl::string_view line);
   void HandleEhlo(absl::string_view args, bool extended);
   void HandleMail(absl::string_view args);

@@ -17,33 +17,33 @@ MSG = (b"From: a@example.com\r\nTo: b@example.net\r\nSubject: test\r\n"
 
 
 class IntakeTest(unittest.TestCase):
-    mtad = None
 
-    @classmethod
-    def setUpClass(cls):
-        cls.mtad = Mtad(server={"local_domains": ["local.test"]},
-                        limits={"max_message_bytes": 20000, "max_recipients": 3,
-                                "max_errors": 5}).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.mtad.stop()
-
-    def test_smtplib_message_is_spooled_byte_identical(self):
-        s = smtplib.SMTP("127.0.0.1", self.mtad.port, timeout=10)
+    def test_smtplib_message_is_spooled_byte_identical_with_dsn_params(self):
+        m = Mtad(limits={"max_message_bytes": 20000}).start()
+        s = smtplib.SMTP("127.0.0.1", m.port, timeout=10)
         code, _ = s.ehlo("client.example.com")
         self.assertEqual(code, 250)
         for ext in ("pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes",
                     "chunking", "dsn"):
             self.assertTrue(s.has_extn(ext), ext)
         self.assertEqual(s.esmtp_features["size"], "20000")
-        s.mail("a@example.com", ["RET=HDRS", "ENVID=abc+2Bdef"])
+        s.mail("a@example.com", ["RET=HDRS", "ENVID=abc+2Bdef", "BODY=8BITMIME"])
         self.assertEqual(s.rcpt("b@example.net", ["NOTIFY=SUCCESS,FAILURE",
-                                                  "ORCPT=rfc822;b+40x@example.net"])[0], 250)
+                                                  "ORCPT=rfc822;b+40x.example.net"])[0], 250)
+        self.assertEqual(s.rcpt("c@example.net", ["NOTIFY=NEVER"])[0], 250)
         code, text = s.data(MSG)
         self.assertEqual(code, 250, text)
         self.assertRegex(text.decode(), r"^2\.0\.0 Ok: queued as [0-9a-f]{20}$")
         s.quit()
+        self.assertEqual(m.stop(), 0)
+        [rec] = m.dump()
+        self.assertEqual(rec["id"], text.decode().split()[-1])
+        self.assertEqual(strip_received(rec["content"]), MSG)
+        self.assertEqual((rec["sender"], rec["ret"], rec["envid"], rec["body_type"]),
+                         ("a@example.com", 2, "abc+def", 2))
+        self.assertEqual([(r["address"], r["notify"], r["orcpt"]) for r in rec["recipients"]],
+                         [("b@example.net", 6, "rfc822;b@x.example.net"),
+                          ("c@example.net", 1, "")])
 
 
 class RelayTest(unittest.TestCase):
@@ -232,17 +232,6 @@ class FramingTest(unittest.TestCase):
         self.assertEqual(c.cmd("RSET")[0], 250)
         c.close()
 
-    def test_message_without_ids_gets_message_id_and_date(self):
-        c = self.session()
-        c.cmd("EHLO hdr.example")
-        c.cmd("MAIL FROM:<a@example.com>")
-        c.cmd("RCPT TO:<b@example.net>")
-        c.cmd("DATA")
-        c.send(b"Subject: no ids\r\n\r\nbody\r\n.\r\n")
-        code, text = c.reply()
-        self.assertEqual(code, 250)
-        c.close()
-
 
 class TimeoutAndLimitsTest(unittest.TestCase):
 
@@ -292,7 +281,6 @@ class TimeoutAndLimitsTest(unittest.TestCase):
     def test_disk_floor_sheds_load_at_greeting(self):
         m = Mtad(spool={"min_free_disk_mb": 1 << 29})
         mtad, _ = harness.binaries()
-        m.start = m.start  # same start path, but the greeting is expected to be 421
         cfg = os.path.join(m.workdir, "mtad.yaml")
         with open(cfg, "w") as f:
             f.write(m.config_text())
@@ -397,6 +385,40 @@ class LifecycleTest(unittest.TestCase):
         for qid, msg in sent.items():
             self.assertEqual(strip_received(records[qid]["content"]), msg)
             self.assertEqual(len(records[qid]["recipients"]), 2)
+
+
+class HeaderTest(unittest.TestCase):
+
+    def send_bare(self, m):
+        c = RawSmtp(m.port)
+        c.cmd("EHLO hdr.example")
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.net>")
+        c.cmd("DATA")
+        c.send(b"Subject: no ids\r\n\r\nbody\r\n.\r\n")
+        code, text = c.reply()
+        self.assertEqual(code, 250, text)
+        c.close()
+        return text.split()[-1]
+
+    def test_submission_role_adds_message_id_and_date(self):
+        m = Mtad().start()
+        qid = self.send_bare(m)
+        m.stop()
+        content = m.dump()[0]["content"]
+        self.assertTrue(content.startswith(b"Received: from hdr.example ([127.0.0.1])\r\n"
+                                           b"\tby mx.test.example (mtad) with ESMTP id " +
+                                           qid.encode()), content)
+        rest = strip_received(content)
+        self.assertIn(b"Message-ID: <%s@mx.test.example>\r\n" % qid.encode(), rest)
+        self.assertRegex(rest, rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n")
+        self.assertTrue(rest.endswith(b"Subject: no ids\r\n\r\nbody\r\n"))
+
+    def test_relay_role_leaves_headers_alone(self):
+        m = Mtad(listener={"add_missing_headers": False}).start()
+        self.send_bare(m)
+        m.stop()
+        self.assertEqual(strip_received(m.dump()[0]["content"]), b"Subject: no ids\r\n\r\nbody\r\n")
 
 
 class ConfigCliTest(unittest.TestCase):

@@ -32,6 +32,10 @@ int main(int argc, char** argv) {
     j["listener"] = e.listener;
     j["client_ip"] = e.client_ip;
     j["received_ms"] = e.received_ms;
+    j["ret"] = static_cast<int>(e.ret);
+    j["envid"] = e.envid;
+    j["body_type"] = static_cast<int>(e.body_type);
+    j["smtputf8"] = e.smtputf8;
     nlohmann::json rcpts = nlohmann::json::array();
     for (const auto& r : e.recipients) {
       rcpts.push_back({{"address", r.address},

@@ -43,6 +43,8 @@ class AcceptCompletion final : public event::Completion {
 /** One inbound SMTP connection: socket I/O around an smtp::Session. */
 class Connection final : public smtp::SessionDelegate {
  public:
+  static constexpr size_t kMaxOutputBacklog = 64 * 1024;
+
   Connection(Shard* shard, uint64_t id, int fd, const ListenerSpec& spec, smtp::ClientInfo client)
       : shard_(shard),
         id_(id),
@@ -91,7 +93,7 @@ class Connection final : public smtp::SessionDelegate {
   void AfterSessionCall() {
     RefreshDeadline();
     Flush();
-    if (!closed_ && session_.WantsInput()) ArmRecv();
+    MaybeArmRecv();
   }
 
   void Close() {
@@ -155,9 +157,7 @@ class Connection final : public smtp::SessionDelegate {
       if (closed_) return;
       Loop()->AddTimer(Loop()->Now() + absl::Milliseconds(1), [shard = shard_, id = id_] {
         auto it = shard->connections_.find(id);
-        if (it != shard->connections_.end() && it->second->session_.WantsInput()) {
-          it->second->ArmRecv();
-        }
+        if (it != shard->connections_.end()) it->second->MaybeArmRecv();
       });
       return;
     }
@@ -213,7 +213,17 @@ class Connection final : public smtp::SessionDelegate {
     }
     sending_ = false;
     send_buf_.clear();
+    send_off_ = 0;
     Flush();
+    MaybeArmRecv();
+  }
+
+  // Reads only while the session wants input and the client keeps up with our replies: a
+  // client that pipelines commands but never reads cannot make us buffer without bound.
+  void MaybeArmRecv() {
+    if (closed_ || !session_.WantsInput()) return;
+    if (send_buf_.size() - send_off_ + session_.output().size() > kMaxOutputBacklog) return;
+    ArmRecv();
   }
 
   void RefreshDeadline() {

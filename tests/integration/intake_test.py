@@ -3,6 +3,7 @@
 import os
 import resource
 import smtplib
+import socket
 import subprocess
 import tempfile
 import time
@@ -215,6 +216,21 @@ class FramingTest(unittest.TestCase):
         code, text = c.reply()
         self.assertEqual(code, 421)
         self.assertTrue(c.closed_by_peer())
+
+    def test_client_that_never_reads_gets_backpressure(self):
+        c = self.session()
+        c.sock.settimeout(3)
+        flood = b"NOOP\r\n" * 100000
+        sent = 0
+        with self.assertRaises(socket.timeout):
+            for _ in range(100):  # up to 60 MB; the server must stop reading long before
+                c.sock.sendall(flood)
+                sent += len(flood)
+        self.assertLess(sent, 30 * len(flood))
+        with open(f"/proc/{self.mtad.proc.pid}/status") as f:
+            rss_kb = int(next(l for l in f if l.startswith("VmRSS")).split()[1])
+        self.assertLess(rss_kb, 300 * 1024)
+        c.close()
 
     def test_sequence_errors(self):
         c = self.session()

@@ -8,7 +8,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "mta/base/log.h"
@@ -21,6 +24,32 @@ namespace {
 
 constexpr char kEnvelopesCf[] = "envelopes";
 constexpr char kMessagesCf[] = "messages";
+constexpr char kOutcomesCf[] = "outcomes";
+
+// Outcome keys are "<id>.<index as 8 hex digits>", so one message's outcomes are the
+// contiguous range ["<id>.", "<id>/") and sort right after nothing else.
+std::string OutcomeKey(const std::string& id, uint32_t index) {
+  return absl::StrFormat("%s.%08x", id, index);
+}
+
+std::string EncodeOutcome(const RecipientUpdate& u) {
+  return absl::StrFormat("%d %d %d", static_cast<int>(u.state), u.attempts, u.next_attempt_ms);
+}
+
+bool DecodeOutcome(absl::string_view key, absl::string_view value, RecipientUpdate* u) {
+  uint32_t index = 0;
+  int state = 0;
+  if (key.size() < 9 || !absl::SimpleHexAtoi(key.substr(key.size() - 8), &index)) return false;
+  std::vector<absl::string_view> parts = absl::StrSplit(value, ' ');
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &state) || state < 0 || state > 3 ||
+      !absl::SimpleAtoi(parts[1], &u->attempts) ||
+      !absl::SimpleAtoi(parts[2], &u->next_attempt_ms)) {
+    return false;
+  }
+  u->index = index;
+  u->state = static_cast<RecipientState>(state);
+  return true;
+}
 constexpr char kHealthProbeKey[] = "\x01health-probe";
 
 // rocksdb::Status never leaves queue/: converted once, here.
@@ -40,6 +69,7 @@ class RocksDbSpool final : public Spool {
       : options_(options), db_(db), handles_(std::move(handles)) {
     envelopes_ = handles_[1];
     messages_ = handles_[2];
+    outcomes_ = handles_[3];
     CheckDisk();
     writer_ = std::thread([this] { WriterLoop(); });
   }
@@ -47,18 +77,39 @@ class RocksDbSpool final : public Spool {
   ~RocksDbSpool() override { Shutdown(); }
 
   void Commit(std::unique_ptr<SpoolRecord> record, CommitCallback done) override {
-    {
-      absl::MutexLock lock(&mu_);
-      if (!stopping_) {
-        pending_.push_back({std::move(record), std::move(done)});
-        return;
-      }
-    }
-    done(absl::UnavailableError("spool is shutting down"), std::move(record));
+    SpoolRecord* r = record.get();
+    Enqueue({[this, r](rocksdb::WriteBatch* wb) {
+               wb->Put(messages_, r->envelope.id, r->content);
+               wb->Put(envelopes_, r->envelope.id, EncodeEnvelope(r->envelope));
+             },
+             [record = std::move(record), done = std::move(done)](absl::Status s) mutable {
+               done(std::move(s), std::move(record));
+             },
+             /*sync=*/true, /*is_commit=*/true});
+  }
+
+  void RecordOutcomes(const std::string& id, std::vector<RecipientUpdate> updates,
+                      WriteCallback done) override {
+    Enqueue({[this, id, updates = std::move(updates)](rocksdb::WriteBatch* wb) {
+               for (const RecipientUpdate& u : updates) {
+                 wb->Put(outcomes_, OutcomeKey(id, u.index), EncodeOutcome(u));
+               }
+             },
+             std::move(done), /*sync=*/true, /*is_commit=*/false});
+  }
+
+  void Remove(const std::string& id, WriteCallback done) override {
+    Enqueue({[this, id](rocksdb::WriteBatch* wb) {
+               wb->Delete(envelopes_, id);
+               wb->Delete(messages_, id);
+               wb->DeleteRange(outcomes_, id + ".", id + "/");
+             },
+             std::move(done), /*sync=*/false, /*is_commit=*/false});
   }
 
   absl::Status Recover(const std::function<void(Envelope)>& fn) override {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), envelopes_));
+    std::unique_ptr<rocksdb::Iterator> out(db_->NewIterator(rocksdb::ReadOptions(), outcomes_));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       auto envelope = DecodeEnvelope(absl::string_view(it->value().data(), it->value().size()));
       if (!envelope.ok()) {
@@ -66,8 +117,22 @@ class RocksDbSpool final : public Spool {
         MTA_LOG_ERROR("spool: skipping %s: %s", it->key().ToString(), envelope.status().ToString());
         continue;
       }
+      std::string prefix = envelope->id + ".";
+      for (out->Seek(prefix); out->Valid() && out->key().starts_with(prefix); out->Next()) {
+        RecipientUpdate u;
+        absl::string_view key(out->key().data(), out->key().size());
+        absl::string_view value(out->value().data(), out->value().size());
+        if (!DecodeOutcome(key, value, &u) || u.index >= envelope->recipients.size()) {
+          MTA_LOG_ERROR("spool: ignoring corrupt outcome %s", std::string(key));
+          continue;
+        }
+        Recipient& r = envelope->recipients[u.index];
+        r.state = u.state;
+        r.attempts = u.attempts;
+      }
       fn(*std::move(envelope));
     }
+    if (!out->status().ok()) return RocksToStatus(out->status(), "recover outcomes");
     return RocksToStatus(it->status(), "recover");
   }
 
@@ -113,10 +178,24 @@ class RocksDbSpool final : public Spool {
   }
 
  private:
+  // One queued write: `fill` adds its changes to the shared batch, `done` gets the result.
   struct Pending {
-    std::unique_ptr<SpoolRecord> record;
-    CommitCallback done;
+    absl::AnyInvocable<void(rocksdb::WriteBatch*)> fill;
+    WriteCallback done;
+    bool sync;
+    bool is_commit;
   };
+
+  void Enqueue(Pending p) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        pending_.push_back(std::move(p));
+        return;
+      }
+    }
+    p.done(absl::UnavailableError("spool is shutting down"));
+  }
 
   void SetReason(std::string reason) {
     absl::MutexLock lock(&reason_mu_);
@@ -186,33 +265,44 @@ class RocksDbSpool final : public Spool {
   }
 
   void WriteBatch(std::vector<Pending>& batch) {
-    absl::Status status;
+    // Below the disk floor new messages are refused, but outcomes and removals (which
+    // free space) still go through.
     if (!disk_ok_.load()) {
-      status = absl::UnavailableError(HealthReason());
-    } else {
-      rocksdb::WriteBatch wb;
-      for (const Pending& p : batch) {
-        const SpoolRecord& r = *p.record;
-        wb.Put(messages_, r.envelope.id, r.content);
-        wb.Put(envelopes_, r.envelope.id, EncodeEnvelope(r.envelope));
-      }
-      rocksdb::WriteOptions wo;
-      wo.sync = true;
-      status = RocksToStatus(db_->Write(wo, &wb), "write");
-      batches_.fetch_add(1);
-      if (!status.ok()) {
-        if (!write_failed_.exchange(true)) {
-          MTA_LOG_ERROR("spool: %s; shedding intake until writes succeed", status.ToString());
+      absl::Status refused = absl::UnavailableError(HealthReason());
+      std::vector<Pending> rest;
+      for (Pending& p : batch) {
+        if (p.is_commit) {
+          commit_errors_.fetch_add(1);
+          p.done(refused);
+        } else {
+          rest.push_back(std::move(p));
         }
-        SetReason(status.ToString());
       }
+      batch.swap(rest);
+      if (batch.empty()) return;
     }
+    size_t commits = 0;
+    bool sync = false;
+    rocksdb::WriteBatch wb;
+    for (Pending& p : batch) {
+      p.fill(&wb);
+      sync = sync || p.sync;
+      commits += p.is_commit ? 1 : 0;
+    }
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    absl::Status status = RocksToStatus(db_->Write(wo, &wb), "write");
+    batches_.fetch_add(1);
     if (status.ok()) {
-      commits_.fetch_add(batch.size());
+      commits_.fetch_add(commits);
     } else {
-      commit_errors_.fetch_add(batch.size());
+      commit_errors_.fetch_add(commits);
+      if (!write_failed_.exchange(true)) {
+        MTA_LOG_ERROR("spool: %s; shedding intake until writes succeed", status.ToString());
+      }
+      SetReason(status.ToString());
     }
-    for (Pending& p : batch) p.done(status, std::move(p.record));
+    for (Pending& p : batch) p.done(status);
   }
 
   const RocksDbSpoolOptions options_;
@@ -220,6 +310,7 @@ class RocksDbSpool final : public Spool {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle* envelopes_;
   rocksdb::ColumnFamilyHandle* messages_;
+  rocksdb::ColumnFamilyHandle* outcomes_;
 
   absl::Mutex mu_;
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
@@ -260,6 +351,7 @@ absl::StatusOr<SpoolPtr> OpenRocksDbSpool(const RocksDbSpoolOptions& options) {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {kEnvelopesCf, envelope_options},
       {kMessagesCf, message_options},
+      {kOutcomesCf, rocksdb::ColumnFamilyOptions()},
   };
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;

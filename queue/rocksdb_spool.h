@@ -22,8 +22,10 @@ struct RocksDbSpoolOptions {
 };
 
 /**
- * Column families: "envelopes" (id -> EncodeEnvelope) and "messages" (id -> content,
- * large values in blob files). Keys are time-ordered queue ids.
+ * Column families: "envelopes" (id -> EncodeEnvelope), "messages" (id -> content, large
+ * values in blob files) and "outcomes" ("<id>.<recipient index>" -> recipient state, so
+ * shards record their recipients' results without rewriting the envelope). Keys start
+ * with time-ordered queue ids.
  *
  * Crash semantics: a record whose Commit() callback got OK survives kill -9 and power
  * loss (WAL fsynced). A record whose callback did not run may or may not survive.

@@ -365,3 +365,100 @@ TEST(RocksDbSpoolTest, OpenFailures) {
 
 }  // namespace
 }  // namespace mta::queue
+
+namespace mta::queue {
+namespace {
+
+// Blocks until a WriteCallback has run; returns its status.
+absl::Status Wait(const std::function<void(WriteCallback)>& start) {
+  absl::Mutex mu;
+  bool done = false;
+  absl::Status result;
+  start([&](absl::Status s) {
+    absl::MutexLock lock(&mu);
+    result = s;
+    done = true;
+  });
+  absl::MutexLock lock(&mu);
+  mu.AwaitWithTimeout(absl::Condition(&done), kWait);
+  EXPECT_TRUE(done);
+  return result;
+}
+
+TEST(RocksDbSpoolOutcomesTest, OutcomesSurviveReopenAndRemoveDeletesEverything) {
+  std::string dir = TestDir("spool");
+  {
+    SpoolPtr spool = MustOpen(Options(dir));
+    Callbacks cb;
+    spool->Commit(MakeRecord("00000000000100000001", 2), cb.Make());  // 3 recipients
+    spool->Commit(MakeRecord("00000000000200000002", 5), cb.Make());  // 3 recipients
+    ASSERT_TRUE(cb.WaitFor(2));
+    ASSERT_EQ(cb.ok(), 2);
+    ASSERT_TRUE(Wait([&](WriteCallback done) {
+                  spool->RecordOutcomes(
+                      "00000000000100000001",
+                      {{.index = 0, .state = RecipientState::kDelivered, .attempts = 1},
+                       {.index = 2,
+                        .state = RecipientState::kPending,
+                        .attempts = 2,
+                        .next_attempt_ms = 99}},
+                      std::move(done));
+                }).ok());
+    ASSERT_TRUE(Wait([&](WriteCallback done) {
+                  spool->RecordOutcomes(
+                      "00000000000200000002",
+                      {{.index = 1, .state = RecipientState::kBounced, .attempts = 1}},
+                      std::move(done));
+                }).ok());
+  }
+  {
+    SpoolPtr spool = MustOpen(Options(dir));
+    std::vector<Envelope> all = RecoverAll(*spool);
+    ASSERT_EQ(all.size(), 2u);
+    EXPECT_EQ(all[0].recipients[0].state, RecipientState::kDelivered);
+    EXPECT_EQ(all[0].recipients[0].attempts, 1u);
+    EXPECT_EQ(all[0].recipients[1].state, RecipientState::kPending);
+    EXPECT_EQ(all[0].recipients[2].attempts, 2u);
+    // The neighbouring message's outcomes do not leak into the first one and vice versa.
+    EXPECT_EQ(all[1].recipients[0].state, RecipientState::kPending);
+    EXPECT_EQ(all[1].recipients[1].state, RecipientState::kBounced);
+    ASSERT_TRUE(Wait([&](WriteCallback done) {
+                  spool->Remove("00000000000100000001", std::move(done));
+                }).ok());
+    EXPECT_TRUE(absl::IsNotFound(spool->ReadContent("00000000000100000001").status()));
+  }
+  SpoolPtr spool = MustOpen(Options(dir));
+  std::vector<Envelope> all = RecoverAll(*spool);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].id, "00000000000200000002");
+  EXPECT_EQ(all[0].recipients[1].state, RecipientState::kBounced);
+}
+
+TEST(RocksDbSpoolOutcomesTest, DiskFloorRefusesNewMessagesButNotOutcomes) {
+  std::string dir = TestDir("spool");
+  SpoolPtr spool = MustOpen(Options(dir));
+  Callbacks cb;
+  spool->Commit(MakeRecord("00000000000100000001", 1), cb.Make());
+  ASSERT_TRUE(cb.WaitFor(1));
+  spool.reset();
+  RocksDbSpoolOptions o = Options(dir);
+  o.min_free_bytes = std::numeric_limits<uint64_t>::max();
+  spool = MustOpen(o);
+  ASSERT_FALSE(spool->Healthy());
+  Callbacks refused;
+  spool->Commit(MakeRecord("00000000000200000002", 2), refused.Make());
+  ASSERT_TRUE(refused.WaitFor(1));
+  EXPECT_EQ(refused.ok(), 0);
+  EXPECT_TRUE(Wait([&](WriteCallback done) {
+                spool->RecordOutcomes("00000000000100000001",
+                                      {{.index = 0, .state = RecipientState::kDelivered}},
+                                      std::move(done));
+              }).ok());
+  EXPECT_TRUE(Wait([&](WriteCallback done) {
+                spool->Remove("00000000000100000001", std::move(done));
+              }).ok());
+  EXPECT_TRUE(RecoverAll(*spool).empty());
+}
+
+}  // namespace
+}  // namespace mta::queue

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -25,6 +26,16 @@ struct SpoolRecord {
  * failed). It must only hand work back to its shard (e.g. post to a mailbox).
  */
 using CommitCallback = absl::AnyInvocable<void(absl::Status, std::unique_ptr<SpoolRecord>)>;
+/** Runs on the spool's writer thread; same rules as CommitCallback. */
+using WriteCallback = absl::AnyInvocable<void(absl::Status)>;
+
+/** A change to one recipient's delivery state, by its index in Envelope::recipients. */
+struct RecipientUpdate {
+  uint32_t index = 0;
+  RecipientState state = RecipientState::kPending;
+  uint32_t attempts = 0;
+  int64_t next_attempt_ms = 0;
+};
 
 struct SpoolStats {
   uint64_t commits = 0;        // records made durable
@@ -48,7 +59,23 @@ class Spool {
    */
   virtual void Commit(std::unique_ptr<SpoolRecord> record, CommitCallback done) = 0;
 
-  /** Calls `fn` for every spooled envelope in id (arrival) order. Blocking. */
+  /**
+   * Durably records recipient outcomes (group-committed with sync=true like Commit), so
+   * a recipient recorded as delivered is never sent again after a crash.
+   */
+  virtual void RecordOutcomes(const std::string& id, std::vector<RecipientUpdate> updates,
+                              WriteCallback done) = 0;
+
+  /**
+   * Deletes a message whose recipients are all final. Not synced on its own: after a crash
+   * the message may come back and be delivered again (at-least-once), never lost.
+   */
+  virtual void Remove(const std::string& id, WriteCallback done) = 0;
+
+  /**
+   * Calls `fn` for every spooled envelope in id (arrival) order, with recorded recipient
+   * outcomes applied. Blocking.
+   */
   virtual absl::Status Recover(const std::function<void(Envelope)>& fn) = 0;
 
   /** Reads a message's content back. Blocking. NotFound if absent. */

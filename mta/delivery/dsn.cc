@@ -31,6 +31,8 @@ absl::string_view ActionName(DsnAction a) {
       return "delayed";
     case DsnAction::kDelivered:
       return "delivered";
+    case DsnAction::kRelayed:
+      return "relayed";
   }
   return "failed";
 }
@@ -54,6 +56,7 @@ bool WantsDsn(const queue::Envelope& original, const queue::Recipient& recipient
     case DsnAction::kDelayed:
       return n & queue::kNotifyDelay;
     case DsnAction::kDelivered:
+    case DsnAction::kRelayed:
       return n & queue::kNotifySuccess;
   }
   return false;
@@ -80,7 +83,8 @@ std::unique_ptr<queue::SpoolRecord> BuildDsn(const DsnOptions& options,
 
   bool all_delivered = true, any_failed = false;
   for (const DsnRecipient& r : recipients) {
-    all_delivered = all_delivered && r.action == DsnAction::kDelivered;
+    all_delivered =
+        all_delivered && (r.action == DsnAction::kDelivered || r.action == DsnAction::kRelayed);
     any_failed = any_failed || r.action == DsnAction::kFailed;
   }
   const char* subject = any_failed      ? "Undelivered Mail Returned to Sender"

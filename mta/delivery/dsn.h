@@ -13,7 +13,7 @@
 
 namespace mta::delivery {
 
-enum class DsnAction { kFailed, kDelayed, kDelivered };
+enum class DsnAction { kFailed, kDelayed, kDelivered, kRelayed };
 
 /** What happened to one recipient, as reported in its per-recipient DSN fields. */
 struct DsnRecipient {

@@ -162,6 +162,7 @@ void EventLoop::Run() {
   };
   std::vector<Cqe> batch;
   batch.reserve(1024);
+  stopped_ = false;
   while (!stopped_) {
     now_ = absl::Now();
     RunPosted();

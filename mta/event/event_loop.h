@@ -63,7 +63,7 @@ class EventLoop {
   /** Thread-safe: runs `fn` on the loop thread soon. */
   void Post(absl::AnyInvocable<void()> fn);
 
-  /** Runs until Stop(). */
+  /** Runs until Stop(); may be called again afterwards. */
   void Run();
   void Stop() { stopped_ = true; }
 

@@ -1,0 +1,356 @@
+#include "mta/delivery/delivery_manager.h"
+
+#include <algorithm>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "mta/base/log.h"
+
+namespace mta::delivery {
+namespace {
+
+std::string DomainOf(const std::string& address) {
+  size_t at = address.rfind('@');
+  return at == std::string::npos ? std::string() : absl::AsciiStrToLower(address.substr(at + 1));
+}
+
+}  // namespace
+
+DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::EventLoop* loop,
+                                 queue::Spool* spool, queue::ContentLoader* loader,
+                                 queue::QueueIdGenerator* ids, DeliveryOptions options, PostFn post,
+                                 OpenConnectionFn open_connection)
+    : shard_(shard),
+      num_shards_(num_shards),
+      loop_(loop),
+      spool_(spool),
+      loader_(loader),
+      ids_(ids),
+      options_(std::move(options)),
+      post_(std::move(post)),
+      open_connection_(std::move(open_connection)) {
+  watchdog_timer_ =
+      loop_->AddTimer(loop_->Now() + options_.watchdog_interval, [this] { Watchdog(); });
+}
+
+DeliveryManager::~DeliveryManager() { loop_->CancelTimer(watchdog_timer_); }
+
+uint32_t DeliveryManager::OwnerOf(absl::string_view domain, uint32_t num_shards) {
+  return absl::Hash<absl::string_view>()(domain) % num_shards;
+}
+
+uint32_t DeliveryManager::HomeOf(absl::string_view id, uint32_t num_shards) {
+  return absl::Hash<absl::string_view>()(id) % num_shards;
+}
+
+void DeliveryManager::AddMessage(std::shared_ptr<const DeliveryMessage> message) {
+  const queue::Envelope& env = message->envelope;
+  // Group pending recipients by domain, keeping envelope order within each group.
+  std::vector<std::pair<std::string, std::vector<uint32_t>>> groups;
+  uint32_t pending = 0;
+  for (uint32_t i = 0; i < env.recipients.size(); ++i) {
+    if (env.recipients[i].state != queue::RecipientState::kPending) continue;
+    ++pending;
+    std::string domain = DomainOf(env.recipients[i].address);
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.first == domain; });
+    if (it == groups.end()) {
+      groups.push_back({domain, {i}});
+    } else {
+      it->second.push_back(i);
+    }
+  }
+  if (pending == 0) {
+    // Every recipient was final before a crash interrupted the removal.
+    spool_->Remove(env.id, [](absl::Status s) {
+      s.IgnoreError(); /* retried at next start */
+    });
+    return;
+  }
+  remaining_[env.id] = pending;
+  absl::Time due = std::max(loop_->Now(), absl::FromUnixMillis(env.next_attempt_ms));
+  uint32_t attempts = 0;
+  for (const queue::Recipient& r : env.recipients) attempts = std::max(attempts, r.attempts);
+  for (auto& [domain, indices] : groups) {
+    // Recipients of one message at one domain travel together, up to the per-transaction cap.
+    for (size_t start = 0; start < indices.size();
+         start += options_.max_recipients_per_transaction) {
+      Job job;
+      job.message = message;
+      job.attempts = attempts;
+      size_t end = std::min(indices.size(), start + options_.max_recipients_per_transaction);
+      job.recipients.assign(indices.begin() + start, indices.begin() + end);
+      uint32_t owner = OwnerOf(domain, num_shards_);
+      if (owner == shard_) {
+        AddJob(domain, std::move(job), due);
+      } else {
+        post_(owner, [domain, job = std::move(job), due](DeliveryManager& m) mutable {
+          m.AddJob(domain, std::move(job), due);
+        });
+      }
+    }
+  }
+}
+
+Destination& DeliveryManager::GetDestination(const std::string& domain) {
+  auto& slot = destinations_[domain];
+  if (slot == nullptr) {
+    slot = std::make_unique<Destination>();
+    slot->domain = domain;
+  }
+  return *slot;
+}
+
+void DeliveryManager::AddJob(const std::string& domain, Job job, absl::Time due) {
+  Destination& dest = GetDestination(domain);
+  if (due <= loop_->Now()) {
+    dest.ready.push_back(std::move(job));
+    Pump(dest);
+    return;
+  }
+  // Never rest past the message's expiry: it must expire on time, not at the next retry.
+  absl::Time expiry =
+      absl::FromUnixMillis(job.message->envelope.received_ms) + options_.retry.lifetime;
+  due = std::min(due, expiry);
+  ++dest.scheduled;
+  loop_->AddTimer(due, [this, &dest, job = std::move(job)]() mutable {
+    --dest.scheduled;
+    dest.ready.push_back(std::move(job));
+    Pump(dest);
+  });
+}
+
+void DeliveryManager::Pump(Destination& dest) {
+  // Idle connections first, then new ones up to the destination's cap.
+  while (!dest.ready.empty() && !dest.idle.empty()) {
+    auto wake = std::move(dest.idle.front());
+    dest.idle.pop_front();
+    wake();
+  }
+  size_t waiting = dest.ready.size();
+  while (waiting > 0 && dest.connections < options_.max_connections_per_destination) {
+    ++dest.connections;
+    --waiting;
+    open_connection_(dest);
+  }
+}
+
+std::optional<Job> DeliveryManager::TakeJob(Destination& dest) {
+  absl::Time now = loop_->Now();
+  while (!dest.ready.empty()) {
+    Job job = std::move(dest.ready.front());
+    dest.ready.pop_front();
+    if (queue::Expired(options_.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
+                       now)) {
+      std::vector<AttemptResult> results(job.recipients.size());  // deferred: Settle expires
+      for (AttemptResult& r : results) {
+        r.kind = AttemptResult::Kind::kDeferred;
+        r.status = "4.4.7";
+        r.diagnostic = job.last_error;
+      }
+      Settle(dest, std::move(job), std::move(results), nullptr);
+      continue;
+    }
+    return job;
+  }
+  return std::nullopt;
+}
+
+void DeliveryManager::CompleteJob(Destination& dest, Job job, std::vector<AttemptResult> results,
+                                  std::shared_ptr<const std::string> content) {
+  dest.last_progress = loop_->Now();
+  Settle(dest, std::move(job), std::move(results), std::move(content));
+}
+
+void DeliveryManager::DestinationFailed(Destination& dest, std::vector<Job> failed,
+                                        const AttemptResult& reason) {
+  for (Job& j : dest.ready) failed.push_back(std::move(j));
+  dest.ready.clear();
+  for (Job& job : failed) {
+    std::vector<AttemptResult> results(job.recipients.size(), reason);
+    Settle(dest, std::move(job), std::move(results), nullptr);
+  }
+}
+
+void DeliveryManager::ConnectionClosed(Destination& dest) {
+  if (dest.connections > 0) --dest.connections;
+  Pump(dest);
+}
+
+void DeliveryManager::Settle(Destination& dest, Job job, std::vector<AttemptResult> results,
+                             std::shared_ptr<const std::string> content) {
+  const queue::Envelope& env = job.message->envelope;
+  absl::Time now = loop_->Now();
+  bool expired = queue::Expired(options_.retry, absl::FromUnixMillis(env.received_ms), now);
+  std::vector<queue::RecipientUpdate> updates;
+  std::vector<DsnRecipient> dsn;
+  Job retry;
+  retry.message = job.message;
+  retry.attempts = job.attempts + 1;
+  retry.delay_notified = job.delay_notified;
+  uint32_t finals = 0;
+  for (size_t i = 0; i < job.recipients.size(); ++i) {
+    uint32_t index = job.recipients[i];
+    const queue::Recipient& rcpt = env.recipients[index];
+    AttemptResult& r = results[i];
+    queue::RecipientUpdate u{.index = index, .attempts = job.attempts + 1};
+    DsnRecipient d{.index = index,
+                   .status = r.status,
+                   .remote_mta = r.remote_mta,
+                   .diagnostic = r.diagnostic,
+                   .last_attempt = now};
+    switch (r.kind) {
+      case AttemptResult::Kind::kDelivered:
+        u.state = queue::RecipientState::kDelivered;
+        ++finals;
+        ++delivered_;
+        // A next hop without DSN support cannot report success: we do, as "relayed".
+        if (!r.remote_dsn && WantsDsn(env, rcpt, DsnAction::kDelivered)) {
+          d.action = DsnAction::kRelayed;
+          dsn.push_back(d);
+        }
+        break;
+      case AttemptResult::Kind::kBounced:
+        u.state = queue::RecipientState::kBounced;
+        ++finals;
+        ++bounced_;
+        if (WantsDsn(env, rcpt, DsnAction::kFailed)) {
+          d.action = DsnAction::kFailed;
+          dsn.push_back(d);
+        }
+        break;
+      case AttemptResult::Kind::kDeferred:
+        if (expired) {
+          u.state = queue::RecipientState::kExpired;
+          ++finals;
+          ++bounced_;
+          if (WantsDsn(env, rcpt, DsnAction::kFailed)) {
+            d.action = DsnAction::kFailed;
+            d.status = "4.4.7";
+            d.diagnostic = absl::StrCat(
+                "message expired after ", absl::FormatDuration(options_.retry.lifetime),
+                " in the queue; last error: ", r.diagnostic.empty() ? "none" : r.diagnostic);
+            dsn.push_back(d);
+          }
+        } else {
+          u.state = queue::RecipientState::kPending;
+          ++deferred_;
+          retry.recipients.push_back(index);
+          retry.last_error = r.diagnostic;
+          if (!job.delay_notified && WantsDsn(env, rcpt, DsnAction::kDelayed) &&
+              now - absl::FromUnixMillis(env.received_ms) >= options_.delay_warning_after) {
+            d.action = DsnAction::kDelayed;
+            dsn.push_back(d);
+            retry.delay_notified = true;
+          }
+        }
+        break;
+    }
+    updates.push_back(u);
+  }
+  absl::Duration delay = queue::NextRetryDelay(options_.retry, retry.attempts, rng_);
+  std::string id = env.id;
+  std::string domain = dest.domain;
+  auto message = job.message;
+  spool_->RecordOutcomes(
+      id, std::move(updates),
+      [this, id, domain, finals, delay, retry = std::move(retry), dsn = std::move(dsn),
+       message = std::move(message), content = std::move(content)](absl::Status s) mutable {
+        // On the spool's writer thread: continue on this shard.
+        loop_->Post([this, s = std::move(s), id, domain, finals, delay, retry = std::move(retry),
+                     dsn = std::move(dsn), message = std::move(message),
+                     content = std::move(content)]() mutable {
+          if (!s.ok()) {
+            // The outcome is not durable: a crash would repeat these recipients
+            // (at-least-once); in memory they are settled as recorded above.
+            MTA_LOG_WARNING("delivery: recording outcomes of %s failed: %s", id, s.ToString());
+          }
+          if (!retry.recipients.empty()) AddJob(domain, std::move(retry), loop_->Now() + delay);
+          if (!dsn.empty()) SendDsns(std::move(message), std::move(dsn), std::move(content));
+          if (finals > 0) {
+            uint32_t home = HomeOf(id, num_shards_);
+            if (home == shard_) {
+              RecipientsFinal(id, finals);
+            } else {
+              post_(home, [id, finals](DeliveryManager& m) { m.RecipientsFinal(id, finals); });
+            }
+          }
+        });
+      });
+}
+
+void DeliveryManager::SendDsns(std::shared_ptr<const DeliveryMessage> message,
+                               std::vector<DsnRecipient> recipients,
+                               std::shared_ptr<const std::string> content) {
+  if (content == nullptr) content = message->content;
+  if (content == nullptr) {
+    loader_->Load(message->envelope.id,
+                  [this, message, recipients = std::move(recipients)](
+                      absl::StatusOr<std::shared_ptr<const std::string>> loaded) mutable {
+                    loop_->Post([this, message, recipients = std::move(recipients),
+                                 loaded = std::move(loaded)]() mutable {
+                      // Without the original (it vanished from the spool) the report still goes
+                      // out.
+                      SendDsns(message, std::move(recipients),
+                               loaded.ok() ? *loaded : std::make_shared<const std::string>());
+                    });
+                  });
+    return;
+  }
+  DsnOptions options{.reporting_mta = options_.hostname,
+                     .dsn_id = ids_->Next(absl::ToUnixMillis(loop_->Now())),
+                     .now = loop_->Now()};
+  auto record = BuildDsn(options, message->envelope, *content, recipients);
+  spool_->Commit(
+      std::move(record), [this](absl::Status s, std::unique_ptr<queue::SpoolRecord> rec) mutable {
+        loop_->Post([this, s = std::move(s), rec = std::move(rec)]() mutable {
+          if (!s.ok()) {
+            MTA_LOG_ERROR("delivery: could not spool DSN %s: %s", rec->envelope.id, s.ToString());
+            return;
+          }
+          auto dsn = std::make_shared<DeliveryMessage>();
+          dsn->envelope = std::move(rec->envelope);
+          dsn->content = std::make_shared<const std::string>(std::move(rec->content));
+          uint32_t home = HomeOf(dsn->envelope.id, num_shards_);
+          if (home == shard_) {
+            AddMessage(std::move(dsn));
+          } else {
+            post_(home, [dsn = std::move(dsn)](DeliveryManager& m) mutable { m.AddMessage(dsn); });
+          }
+        });
+      });
+}
+
+void DeliveryManager::RecipientsFinal(const std::string& id, uint32_t count) {
+  auto it = remaining_.find(id);
+  if (it == remaining_.end()) return;
+  it->second -= std::min(it->second, count);
+  if (it->second > 0) return;
+  remaining_.erase(it);
+  spool_->Remove(id, [id](absl::Status s) {
+    if (!s.ok()) MTA_LOG_WARNING("delivery: removing %s: %s", id, s.ToString());
+  });
+}
+
+void DeliveryManager::Watchdog() {
+  absl::Time now = loop_->Now();
+  for (auto& [domain, dest] : destinations_) {
+    bool stalled = !dest->ready.empty() && dest->idle.empty() &&
+                   dest->connections < options_.max_connections_per_destination;
+    if (stalled) {
+      MTA_LOG_WARNING(
+          "watchdog: destination %s has %d ready jobs and free connection slots "
+          "but no connection in progress",
+          domain, dest->ready.size());
+      Pump(*dest);
+    } else if (!dest->ready.empty() && dest->last_progress != absl::InfinitePast() &&
+               now - dest->last_progress > 10 * options_.watchdog_interval) {
+      MTA_LOG_WARNING("watchdog: destination %s made no progress for %s with %d ready jobs", domain,
+                      absl::FormatDuration(now - dest->last_progress), dest->ready.size());
+    }
+  }
+  watchdog_timer_ = loop_->AddTimer(now + options_.watchdog_interval, [this] { Watchdog(); });
+}
+
+}  // namespace mta::delivery

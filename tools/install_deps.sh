@@ -9,8 +9,8 @@ PACKAGES=(
   liburing-dev librocksdb-dev libabsl-dev libyaml-cpp-dev libc-ares-dev
   android-libboringssl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  # tests and benchmarks: real SMTP peers and load tools
-  python3 swaks postfix
+  # tests and benchmarks: real SMTP peers and load tools, a real DNS server
+  python3 swaks postfix nsd openssl ca-certificates
 )
 
 missing=()
@@ -29,3 +29,8 @@ echo "install_deps: installing ${missing[*]}"
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 $SUDO apt-get update -q
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# nsd is only a test fixture (each DNS test starts its own instance on a free loopback
+# port): keep Debian's system instance from serving port 53 on a machine with systemd.
+if [[ " ${missing[*]} " == *" nsd "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now nsd.service >/dev/null 2>&1 || true
+fi

@@ -234,8 +234,7 @@ TEST_F(DeliveryManagerTest, DeferredPastLifetimeExpiresIntoABounce) {
       if (job.has_value()) {
         auto content = job->message->content;
         manager_->CompleteJob(one, *std::move(job),
-                              {Result(Kind::kDeferred, "4.4.1", "connection timed out")},
-                              content);
+                              {Result(Kind::kDeferred, "4.4.1", "connection timed out")}, content);
       }
     }
     ASSERT_TRUE(RunUntil(

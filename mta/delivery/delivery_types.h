@@ -41,6 +41,7 @@ struct AttemptResult {
   std::string diagnostic;   // what the remote said (or why we could not ask it)
   std::string remote_mta;   // host name of the server that answered, if any
   bool remote_dsn = false;  // the server offered DSN (it reports success itself)
+  std::string tls;          // "TLSv1.3 <cipher> verified|unverified", "" = plain text
 };
 
 }  // namespace mta::delivery

@@ -84,7 +84,12 @@ EventLoop::~EventLoop() {
 io_uring_sqe* EventLoop::Sqe(Completion* c) {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   while (sqe == nullptr) {
-    io_uring_submit(&ring_);
+    int ret = io_uring_submit(&ring_);
+    if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+      // Only misuse (a foreign thread on a SINGLE_ISSUER ring) or a dead ring gets here.
+      fprintf(stderr, "fatal: io_uring_submit: %s\n", strerror(-ret));
+      abort();
+    }
     sqe = io_uring_get_sqe(&ring_);
   }
   io_uring_sqe_set_data(sqe, c);

@@ -29,7 +29,8 @@ class Completion {
 };
 
 /**
- * Shard-local: every method except Post() must be called on the loop's thread.
+ * Shard-local: every method except Post() must be called on the loop's thread, and Create()
+ * must run on that thread too (the ring is IORING_SETUP_SINGLE_ISSUER).
  *
  * Completions are drained into a local batch before any callback runs, so callbacks never
  * recurse into the ring. Receives use a provided-buffer ring (kernel picks the buffer at

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "mta/base/net.h"
+#include "queue/retry_schedule.h"
 #include "yaml-cpp/yaml.h"
 
 namespace mta::server {
@@ -33,6 +34,22 @@ limits:
   command_timeout_s: 300      # idle time allowed while waiting for a command
   data_timeout_s: 180         # idle time allowed while receiving message content
   shutdown_grace_s: 30        # on SIGTERM, time given to sessions in DATA to finish
+delivery:
+  enabled: true               # false: accept and keep mail without delivering it
+  helo_name: ""               # name sent in EHLO ("" = server.hostname)
+  max_connections_per_destination: 10  # concurrent connections per recipient domain
+  max_recipients_per_transaction: 100  # recipients of one message per SMTP transaction
+  retry_intervals: "1m,5m,10m,30m,1h,2h,4h"  # waits between attempts; the last repeats
+  retry_jitter_percent: 10    # spread of each wait, so deferred mail does not return at once
+  queue_lifetime: 5d          # a recipient still deferred after this long bounces (expired)
+  delay_warning: 4h           # NOTIFY=DELAY recipients get a delay DSN after this long
+  smtp_port: 25               # port of MX hosts (routes name their own); tests use others
+  connect_timeout_s: 30       # TCP connect timeout per address
+  idle_timeout_s: 5           # an idle outbound connection is kept this long for reuse
+  tls: opportunistic          # STARTTLS to MX hosts: none, opportunistic or require
+  dns_servers: []             # resolvers as "ip:port"; [] = those in /etc/resolv.conf
+  dns_timeout_ms: 3000        # per-query DNS timeout
+  routes: []                  # overrides, e.g. [{domain: "*", host: 127.0.0.1, port: 2526}]
 listeners:                    # SMTP listeners; each key below applies per listener
   - name: default             # label used in logs and the spool
     address: 127.0.0.1:2525   # IP literal and port ([v6]:port for IPv6)
@@ -161,6 +178,23 @@ absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_vi
   return absl::OkStatus();
 }
 
+absl::Status ParseRoute(const YAML::Node& node, size_t index, absl::string_view source,
+                        RouteConfig* r) {
+  MapReader m(node, absl::StrCat("delivery.routes[", index, "]"), source);
+  if (!node.IsMap()) return m.Error(node, "each route must be a map");
+  RETURN_IF_ERROR(m.String("domain", &r->domain));
+  RETURN_IF_ERROR(m.String("host", &r->host));
+  RETURN_IF_ERROR(m.Int("port", 1, 65535, &r->port));
+  RETURN_IF_ERROR(m.String("tls", &r->tls));
+  RETURN_IF_ERROR(m.Finish());
+  if (r->domain.empty()) return m.Error(node, "domain: must be a domain or \"*\"");
+  if (r->host.empty()) return m.Error(node, "host: must not be empty");
+  if (r->tls != "none" && r->tls != "opportunistic" && r->tls != "require") {
+    return m.Error(node, "tls: must be none, opportunistic or require");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::string_view DefaultConfigYaml() { return kDefaultYaml; }
@@ -210,6 +244,56 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(limits.Int("data_timeout_s", 1, 3600, &c.data_timeout_s));
   RETURN_IF_ERROR(limits.Int("shutdown_grace_s", 0, 3600, &c.shutdown_grace_s));
   RETURN_IF_ERROR(limits.Finish());
+
+  MapReader delivery(top.Get("delivery"), "delivery", source);
+  RETURN_IF_ERROR(delivery.Check());
+  RETURN_IF_ERROR(delivery.Bool("enabled", &c.delivery_enabled));
+  RETURN_IF_ERROR(delivery.String("helo_name", &c.helo_name));
+  RETURN_IF_ERROR(delivery.Int("max_connections_per_destination", 1, 10000,
+                               &c.max_connections_per_destination));
+  RETURN_IF_ERROR(
+      delivery.Int("max_recipients_per_transaction", 1, 100000, &c.max_recipients_per_transaction));
+  RETURN_IF_ERROR(delivery.String("retry_intervals", &c.retry_intervals));
+  RETURN_IF_ERROR(delivery.Int("retry_jitter_percent", 0, 50, &c.retry_jitter_percent));
+  RETURN_IF_ERROR(delivery.String("queue_lifetime", &c.queue_lifetime));
+  RETURN_IF_ERROR(delivery.String("delay_warning", &c.delay_warning));
+  RETURN_IF_ERROR(delivery.Int("smtp_port", 1, 65535, &c.smtp_port));
+  RETURN_IF_ERROR(delivery.Int("connect_timeout_s", 1, 600, &c.connect_timeout_s));
+  RETURN_IF_ERROR(delivery.Int("idle_timeout_s", 0, 3600, &c.idle_timeout_s));
+  RETURN_IF_ERROR(delivery.String("tls", &c.tls));
+  RETURN_IF_ERROR(delivery.StringList("dns_servers", &c.dns_servers));
+  RETURN_IF_ERROR(delivery.Int("dns_timeout_ms", 10, 60000, &c.dns_timeout_ms));
+  YAML::Node routes = delivery.Get("routes");
+  RETURN_IF_ERROR(delivery.Finish());
+  if (auto iv = queue::RetryPolicy::ParseIntervals(c.retry_intervals); !iv.ok()) {
+    return delivery.Error(root["delivery"]["retry_intervals"], "retry_intervals",
+                          iv.status().message());
+  }
+  for (const char* key : {"queue_lifetime", "delay_warning"}) {
+    const std::string& v =
+        std::string(key) == "queue_lifetime" ? c.queue_lifetime : c.delay_warning;
+    auto d = queue::RetryPolicy::ParseIntervals(v);
+    if (!d.ok() || d->size() != 1) {
+      return delivery.Error(root["delivery"][key], key,
+                            "must be one duration such as 30s, 4h or 5d");
+    }
+  }
+  if (c.tls != "none" && c.tls != "opportunistic" && c.tls != "require") {
+    return delivery.Error(root["delivery"]["tls"], "tls", "must be none, opportunistic or require");
+  }
+  for (const std::string& server : c.dns_servers) {
+    if (auto hp = HostPort::Parse(server); !hp.ok()) {
+      return delivery.Error(root["delivery"]["dns_servers"], "dns_servers", hp.status().message());
+    }
+  }
+  if (routes) {
+    if (!routes.IsSequence()) return delivery.Error(routes, "routes", "must be a list");
+    for (size_t i = 0; i < routes.size(); ++i) {
+      RouteConfig r;
+      RETURN_IF_ERROR(ParseRoute(routes[i], i, source, &r));
+      c.routes.push_back(std::move(r));
+    }
+  }
 
   YAML::Node listeners = top.Get("listeners");
   if (listeners) {

@@ -22,6 +22,16 @@ struct ListenerConfig {
   bool operator==(const ListenerConfig&) const = default;
 };
 
+/** A routing override (see delivery.routes). */
+struct RouteConfig {
+  std::string domain;  // "*" = every domain without its own route
+  std::string host;
+  uint32_t port = 25;
+  std::string tls = "opportunistic";  // none, opportunistic or require
+
+  bool operator==(const RouteConfig&) const = default;
+};
+
 struct Config {
   // server
   std::string hostname;  // "" = gethostname()
@@ -42,6 +52,22 @@ struct Config {
   uint32_t command_timeout_s = 300;
   uint32_t data_timeout_s = 180;
   uint32_t shutdown_grace_s = 30;
+  // delivery
+  bool delivery_enabled = true;
+  std::string helo_name;  // "" = hostname
+  uint32_t max_connections_per_destination = 10;
+  uint32_t max_recipients_per_transaction = 100;
+  std::string retry_intervals = "1m,5m,10m,30m,1h,2h,4h";
+  uint32_t retry_jitter_percent = 10;
+  std::string queue_lifetime = "5d";
+  std::string delay_warning = "4h";
+  uint32_t smtp_port = 25;
+  uint32_t connect_timeout_s = 30;
+  uint32_t idle_timeout_s = 5;
+  std::string tls = "opportunistic";
+  std::vector<std::string> dns_servers;
+  uint32_t dns_timeout_ms = 3000;
+  std::vector<RouteConfig> routes;
   // listeners
   std::vector<ListenerConfig> listeners = {ListenerConfig()};
 

@@ -65,3 +65,38 @@ TEST(ConfigTest, ErrorsNameFileLineAndReason) {
 
 }  // namespace
 }  // namespace mta::server
+
+namespace mta::server {
+namespace {
+
+TEST(ConfigDeliveryTest, RoutesAndRetryAreParsedAndValidated) {
+  auto parsed = ParseConfig(R"(
+delivery:
+  retry_intervals: "10s,1m"
+  tls: require
+  dns_servers: ["127.0.0.1:5353"]
+  routes:
+    - {domain: "*", host: 127.0.0.1, port: 2526, tls: none}
+    - {domain: example.com, host: relay.example.net}
+)",
+                            "d.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->retry_intervals, "10s,1m");
+  ASSERT_EQ(parsed->routes.size(), 2u);
+  EXPECT_EQ(parsed->routes[0], (RouteConfig{"*", "127.0.0.1", 2526, "none"}));
+  EXPECT_EQ(parsed->routes[1].port, 25u);
+  EXPECT_EQ(parsed->routes[1].tls, "opportunistic");
+}
+
+TEST(ConfigDeliveryTest, BadDeliverySettingsAreRejected) {
+  EXPECT_FALSE(ParseConfig("delivery:\n  retry_intervals: \"5x\"\n", "b").ok());
+  EXPECT_FALSE(ParseConfig("delivery:\n  tls: sometimes\n", "b").ok());
+  EXPECT_FALSE(ParseConfig("delivery:\n  dns_servers: [resolver]\n", "b").ok());
+  EXPECT_FALSE(ParseConfig("delivery:\n  routes: [{domain: a.com}]\n", "b").ok());
+  EXPECT_FALSE(
+      ParseConfig("delivery:\n  routes: [{domain: a.com, host: h, bogus: 1}]\n", "b").ok());
+  EXPECT_FALSE(ParseConfig("delivery:\n  routes: [{domain: a.com, host: h, tls: x}]\n", "b").ok());
+}
+
+}  // namespace
+}  // namespace mta::server

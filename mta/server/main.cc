@@ -15,11 +15,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "auth/tls_context.h"
 #include "mta/base/log.h"
+#include "mta/delivery/delivery_manager.h"
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
 #include "mta/server/shard.h"
+#include "queue/content_loader.h"
 #include "queue/message_queue.h"
+#include "queue/retry_schedule.h"
 #include "queue/rocksdb_spool.h"
 
 namespace mta::server {
@@ -70,6 +74,44 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     specs.push_back(std::move(spec));
   }
   return specs;
+}
+
+smtp::TlsPolicy ParseTlsPolicy(const std::string& s) {
+  if (s == "none") return smtp::TlsPolicy::kNone;
+  if (s == "require") return smtp::TlsPolicy::kRequire;
+  return smtp::TlsPolicy::kOpportunistic;
+}
+
+absl::Status ConfigureDelivery(const Config& config, ServerContext* context) {
+  delivery::DeliveryOptions& d = context->delivery;
+  d.hostname = config.hostname;
+  auto intervals = queue::RetryPolicy::ParseIntervals(config.retry_intervals);
+  if (!intervals.ok()) return intervals.status();
+  d.retry.intervals = *std::move(intervals);
+  d.retry.jitter = config.retry_jitter_percent / 100.0;
+  auto lifetime = queue::RetryPolicy::ParseIntervals(config.queue_lifetime);
+  auto warning = queue::RetryPolicy::ParseIntervals(config.delay_warning);
+  if (!lifetime.ok()) return lifetime.status();
+  if (!warning.ok()) return warning.status();
+  d.retry.lifetime = lifetime->front();
+  d.delay_warning_after = warning->front();
+  d.max_connections_per_destination = config.max_connections_per_destination;
+  d.max_recipients_per_transaction = config.max_recipients_per_transaction;
+  delivery::OutboundContext& o = context->outbound;
+  o.helo_name = config.helo_name.empty() ? config.hostname : config.helo_name;
+  o.default_tls = ParseTlsPolicy(config.tls);
+  o.smtp_port = static_cast<uint16_t>(config.smtp_port);
+  o.connect_timeout = absl::Seconds(config.connect_timeout_s);
+  o.idle_timeout = absl::Seconds(config.idle_timeout_s);
+  for (const RouteConfig& r : config.routes) {
+    o.routes.push_back({.domain = absl::AsciiStrToLower(r.domain),
+                        .host = r.host,
+                        .port = static_cast<uint16_t>(r.port),
+                        .tls = ParseTlsPolicy(r.tls)});
+  }
+  context->dns.servers = config.dns_servers;
+  context->dns.query_timeout_ms = static_cast<int>(config.dns_timeout_ms);
+  return absl::OkStatus();
 }
 
 int Run(int argc, char** argv) {
@@ -141,8 +183,21 @@ int Run(int argc, char** argv) {
   if (!listeners.ok()) return Fail(std::string(listeners.status().message()));
   ConnectionLimiter limiter(config.max_connections, config.max_connections_per_ip);
   queue::BodyBudget body_budget(config.spool_max_bodies_in_memory);
+  auto loader = std::make_unique<queue::ContentLoader>(spool->get());
   ServerContext context;
   context.config = &config;
+  context.delivery_enabled = config.delivery_enabled;
+  context.loader = loader.get();
+  absl::Status ds = ConfigureDelivery(config, &context);
+  if (!ds.ok()) return Fail(std::string(ds.message()));
+  // Loaded once here (it reads the CA bundle); immutable and shared by every shard.
+  std::unique_ptr<auth::ClientTlsContext> client_tls;
+  if (config.delivery_enabled && config.tls != "none") {
+    auto tls = auth::ClientTlsContext::Create(auth::ClientTlsOptions());
+    if (!tls.ok()) return Fail(absl::StrCat("outbound TLS: ", tls.status().message()));
+    client_tls = *std::move(tls);
+    context.outbound.tls = client_tls.get();
+  }
   context.listeners = *std::move(listeners);
   context.spool = spool->get();
   context.limiter = &limiter;
@@ -159,7 +214,7 @@ int Run(int argc, char** argv) {
   absl::Time recover_start = absl::Now();
   uint64_t recovered = 0;
   absl::Status rs = (*spool)->Recover([&](queue::Envelope envelope) {
-    size_t owner = absl::Hash<std::string>()(envelope.id) % shards.size();
+    size_t owner = delivery::DeliveryManager::HomeOf(envelope.id, shards.size());
     shards[owner]->AddRecovered(std::move(envelope));
     ++recovered;
   });
@@ -172,6 +227,7 @@ int Run(int argc, char** argv) {
     if (!s.ok()) {
       for (size_t j = 0; j < i; ++j) shards[j]->BeginShutdown();
       for (size_t j = 0; j < i; ++j) shards[j]->Join();
+      loader.reset();
       (*spool)->Shutdown();
       return Fail(std::string(s.message()));
     }
@@ -195,6 +251,7 @@ int Run(int argc, char** argv) {
   for (auto& shard : shards) shard->Join();
   uint64_t queued = 0;
   for (auto& shard : shards) queued += shard->queued_messages();
+  loader.reset();  // stops reading from the spool before it closes
   (*spool)->Shutdown();
   MTA_LOG_INFO("stopped cleanly; %d messages remain queued in the spool", queued);
   return 0;

@@ -325,7 +325,42 @@ absl::Status Shard::Init() {
   return absl::OkStatus();
 }
 
-void Shard::AddRecovered(queue::Envelope envelope) { Enqueue(std::move(envelope), std::nullopt); }
+void Shard::AddRecovered(queue::Envelope envelope) {
+  if (context_->delivery_enabled) {
+    recovered_.push_back(std::move(envelope));
+  } else {
+    Enqueue(std::move(envelope), std::nullopt);
+  }
+}
+
+absl::Status Shard::StartDelivery() {
+  auto resolver = dns::CaresResolver::Create(loop_.get(), context_->dns);
+  if (!resolver.ok()) return resolver.status();
+  resolver_ = *std::move(resolver);
+  ServerContext* ctx = context_;
+  delivery_ = std::make_unique<delivery::DeliveryManager>(
+      index_, ctx->shards.size(), loop_.get(), ctx->spool, ctx->loader, &ids_, ctx->delivery,
+      [ctx](uint32_t shard, absl::AnyInvocable<void(delivery::DeliveryManager&)> fn) {
+        Shard* target = ctx->shards[shard];
+        target->loop_->Post([target, fn = std::move(fn)]() mutable {
+          if (target->delivery_ != nullptr) fn(*target->delivery_);
+        });
+      },
+      [this](delivery::Destination& d) { delivery::StartOutboundConnection(&outbound_, &d); });
+  outbound_ = ctx->outbound;
+  outbound_.loop = loop_.get();
+  outbound_.manager = delivery_.get();
+  outbound_.resolver = resolver_.get();
+  outbound_.loader = ctx->loader;
+  for (queue::Envelope& env : recovered_) {
+    auto message = std::make_shared<delivery::DeliveryMessage>();
+    message->envelope = std::move(env);
+    delivery_->AddMessage(std::move(message));
+  }
+  recovered_.clear();
+  recovered_.shrink_to_fit();
+  return absl::OkStatus();
+}
 
 absl::Status Shard::Start() {
   // The ring is created on the shard's own thread: IORING_SETUP_SINGLE_ISSUER ties it to
@@ -348,9 +383,20 @@ absl::Status Shard::Start() {
       return;
     }
     loop_ = *std::move(loop);
+    if (context_->delivery_enabled) {
+      absl::Status s = StartDelivery();
+      if (!s.ok()) {
+        started.set_value(s);
+        return;
+      }
+    }
     for (auto& a : accepts_) a->Arm();
     started.set_value(absl::OkStatus());
     loop_->Run();
+    if (delivery_ != nullptr) queued_.store(delivery_->messages_at_home());
+    // Shard-local objects die on their own thread (c-ares and timers are loop-affine).
+    delivery_.reset();
+    resolver_.reset();
   });
   absl::Status s = result.get();
   if (!s.ok()) thread_.join();
@@ -472,7 +518,7 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
   --pending_commits_;
   std::string id = record->envelope.id;
   if (status.ok()) {
-    Shard* owner = context_->shards[absl::Hash<std::string>()(id) % context_->shards.size()];
+    Shard* owner = context_->shards[delivery::DeliveryManager::HomeOf(id, context_->shards.size())];
     if (owner == this) {
       Enqueue(std::move(record->envelope), std::move(record->content));
     } else {
@@ -492,6 +538,22 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
 }
 
 void Shard::Enqueue(queue::Envelope envelope, std::optional<std::string> content) {
+  if (delivery_ != nullptr) {
+    auto message = std::make_shared<delivery::DeliveryMessage>();
+    message->envelope = std::move(envelope);
+    queue::BodyBudget* budget = context_->body_budget;
+    if (content.has_value() && budget->TryAcquire()) {
+      // The body stays in RAM while any job needs it; the budget is returned with it.
+      message->content = std::shared_ptr<const std::string>(new std::string(*std::move(content)),
+                                                            [budget](const std::string* c) {
+                                                              delete c;
+                                                              budget->Release();
+                                                            });
+    }
+    delivery_->AddMessage(std::move(message));
+    queued_.store(delivery_->messages_at_home(), std::memory_order_relaxed);
+    return;
+  }
   queue_.Add(std::move(envelope), std::move(content));
   queued_.store(queue_.size(), std::memory_order_relaxed);
 }

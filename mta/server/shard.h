@@ -13,11 +13,15 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "dns/cares_resolver.h"
 #include "mta/base/net.h"
+#include "mta/delivery/delivery_manager.h"
+#include "mta/delivery/outbound_connection.h"
 #include "mta/event/event_loop.h"
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
 #include "mta/smtp/session.h"
+#include "queue/content_loader.h"
 #include "queue/message_queue.h"
 #include "queue/queue_id.h"
 #include "queue/spool.h"
@@ -41,6 +45,12 @@ struct ServerContext {
   queue::Spool* spool = nullptr;
   ConnectionLimiter* limiter = nullptr;
   queue::BodyBudget* body_budget = nullptr;
+  // Delivery (off: accepted mail is kept in the spool and the in-memory queue only).
+  bool delivery_enabled = false;
+  queue::ContentLoader* loader = nullptr;
+  delivery::DeliveryOptions delivery;
+  delivery::OutboundContext outbound;  // template; loop, manager and resolver set per shard
+  dns::CaresResolverOptions dns;
   std::vector<Shard*> shards;  // filled before any shard runs
 };
 
@@ -80,6 +90,7 @@ class Shard {
   void OnCommitted(uint64_t conn_id, absl::Status status,
                    std::unique_ptr<queue::SpoolRecord> record);
   void Enqueue(queue::Envelope envelope, std::optional<std::string> content);
+  absl::Status StartDelivery();
   void MaybeFinishShutdown();
   void ShutdownOnLoop();
 
@@ -95,6 +106,10 @@ class Shard {
   bool shutting_down_ = false;
   queue::QueueIdGenerator ids_;
   queue::MessageQueue queue_;
+  std::vector<queue::Envelope> recovered_;  // handed to delivery once the loop runs
+  std::unique_ptr<dns::Resolver> resolver_;
+  delivery::OutboundContext outbound_;
+  std::unique_ptr<delivery::DeliveryManager> delivery_;
   std::atomic<uint64_t> queued_{0};
   std::thread thread_;
 };

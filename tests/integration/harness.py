@@ -48,7 +48,7 @@ class Mtad:
     """One mtad process with its own spool directory and port."""
 
     def __init__(self, workdir=None, shards=2, listener=None, server=None, limits=None,
-                 spool=None, preexec_fn=None):
+                 spool=None, preexec_fn=None, delivery=None):
         self.workdir = workdir or tempfile.mkdtemp(prefix="mtad-it-")
         self.port = free_port()
         self.shards = shards
@@ -60,6 +60,8 @@ class Mtad:
         self.spool = {"path": os.path.join(self.workdir, "spool"), "min_free_disk_mb": 0}
         self.spool.update(spool or {})
         self.preexec_fn = preexec_fn
+        # Delivery stays off unless a test configures it: tests never reach real MX hosts.
+        self.delivery = {"enabled": False} if delivery is None else delivery
         self.proc = None
         self.log_path = os.path.join(self.workdir, "mtad.log")
 
@@ -70,6 +72,10 @@ class Mtad:
         lines.append("spool:")
         for k, v in self.spool.items():
             lines.append(f"  {k}: {json.dumps(v)}")
+        if self.delivery:
+            lines.append("delivery:")
+            for k, v in self.delivery.items():
+                lines.append(f"  {k}: {_yaml_list(v) if isinstance(v, list) else json.dumps(v)}")
         if self.limits:
             lines.append("limits:")
             for k, v in self.limits.items():

@@ -335,6 +335,12 @@ void DeliveryManager::RecipientsFinal(const std::string& id, uint32_t count) {
 
 void DeliveryManager::Watchdog() {
   absl::Time now = loop_->Now();
+  // Forget destinations with nothing queued, scheduled or connected: nothing refers to
+  // them any more, and a long-running MTA sees millions of domains.
+  absl::erase_if(destinations_, [](const auto& kv) {
+    const Destination& d = *kv.second;
+    return d.ready.empty() && d.scheduled == 0 && d.connections == 0 && d.idle.empty();
+  });
   for (auto& [domain, dest] : destinations_) {
     bool stalled = !dest->ready.empty() && dest->idle.empty() &&
                    dest->connections < options_.max_connections_per_destination;

@@ -184,6 +184,7 @@ class Connection {
     }
     smtp::ClientSessionOptions o;
     o.helo_name = ctx_->helo_name;
+    o.use_chunking = true;  // BDAT when offered: no dot-stuffing, one round trip
     o.tls = route_.tls;
     // Opportunistic TLS is skipped without a client context, and for a host whose
     // handshake just failed (we reconnect to it in plain text, as the policy allows).
@@ -378,17 +379,23 @@ class Connection {
     ArmPhaseTimer();
   }
 
+  // One timer at a time: the deadline moves with every event, and the timer, when it
+  // fires early, re-arms itself for the current deadline (no timer churn per event).
   void ArmPhaseTimer() {
     if (session_ == nullptr) return;
     Phase phase = session_->phase();
     absl::Duration d =
         phase == Phase::kReady ? ctx_->idle_timeout : ClientSession::DefaultTimeout(phase);
-    if (d == absl::InfiniteDuration()) return;
-    if (timer_ != 0) Loop()->CancelTimer(timer_);
-    timer_ = Loop()->AddTimer(Loop()->Now() + d, [this, alive = alive_] {
+    deadline_ = d == absl::InfiniteDuration() ? absl::InfiniteFuture() : Loop()->Now() + d;
+    if (timer_ == 0 && deadline_ != absl::InfiniteFuture()) ArmTimerAt(deadline_);
+  }
+
+  void ArmTimerAt(absl::Time when) {
+    timer_ = Loop()->AddTimer(when, [this, alive = alive_] {
       if (!*alive) return;
       timer_ = 0;
-      if (session_ == nullptr || finished_) return;
+      if (session_ == nullptr || finished_ || deadline_ == absl::InfiniteFuture()) return;
+      if (Loop()->Now() < deadline_) return ArmTimerAt(deadline_);
       if (session_->phase() == Phase::kReady && !job_.has_value() && !loading_) {
         idle_token_.reset();  // no longer idle: the destination must not hand us work
         session_->Quit().IgnoreError();
@@ -573,6 +580,7 @@ class Connection {
   std::string send_buf_;
   size_t send_off_ = 0;
   event::EventLoop::TimerId timer_ = 0;
+  absl::Time deadline_ = absl::InfiniteFuture();
 
   std::unique_ptr<ClientSession> session_;
   std::unique_ptr<auth::TlsChannel> tls_;

@@ -19,7 +19,8 @@ std::string DomainOf(const std::string& address) {
 
 DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::EventLoop* loop,
                                  queue::Spool* spool, queue::ContentLoader* loader,
-                                 queue::QueueIdGenerator* ids, DeliveryOptions options, PostFn post,
+                                 queue::QueueIdGenerator* ids, dns::Resolver* resolver,
+                                 DeliveryOptions options, PostFn post,
                                  OpenConnectionFn open_connection)
     : shard_(shard),
       num_shards_(num_shards),
@@ -27,6 +28,7 @@ DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::Eve
       spool_(spool),
       loader_(loader),
       ids_(ids),
+      resolver_(resolver),
       options_(std::move(options)),
       post_(std::move(post)),
       open_connection_(std::move(open_connection)) {
@@ -36,8 +38,8 @@ DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::Eve
 
 DeliveryManager::~DeliveryManager() { loop_->CancelTimer(watchdog_timer_); }
 
-uint32_t DeliveryManager::OwnerOf(absl::string_view domain, uint32_t num_shards) {
-  return absl::Hash<absl::string_view>()(domain) % num_shards;
+uint32_t DeliveryManager::OwnerOf(absl::string_view domain_or_site, uint32_t num_shards) {
+  return absl::Hash<absl::string_view>()(domain_or_site) % num_shards;
 }
 
 uint32_t DeliveryManager::HomeOf(absl::string_view id, uint32_t num_shards) {
@@ -78,47 +80,114 @@ void DeliveryManager::AddMessage(std::shared_ptr<const DeliveryMessage> message)
          start += options_.max_recipients_per_transaction) {
       Job job;
       job.message = message;
+      job.domain = domain;
       job.attempts = attempts;
       size_t end = std::min(indices.size(), start + options_.max_recipients_per_transaction);
       job.recipients.assign(indices.begin() + start, indices.begin() + end);
       uint32_t owner = OwnerOf(domain, num_shards_);
       if (owner == shard_) {
-        AddJob(domain, std::move(job), due);
+        AddJob(std::move(job), due);
       } else {
-        post_(owner, [domain, job = std::move(job), due](DeliveryManager& m) mutable {
-          m.AddJob(domain, std::move(job), due);
+        post_(owner, [job = std::move(job), due](DeliveryManager& m) mutable {
+          m.AddJob(std::move(job), due);
         });
       }
     }
   }
 }
 
-Destination& DeliveryManager::GetDestination(const std::string& domain) {
-  auto& slot = destinations_[domain];
-  if (slot == nullptr) {
-    slot = std::make_unique<Destination>();
-    slot->domain = domain;
-  }
-  return *slot;
-}
-
-void DeliveryManager::AddJob(const std::string& domain, Job job, absl::Time due) {
-  Destination& dest = GetDestination(domain);
-  if (due <= loop_->Now()) {
-    dest.ready.push_back(std::move(job));
-    Pump(dest);
-    return;
-  }
+void DeliveryManager::AddJob(Job job, absl::Time due) {
   // Never rest past the message's expiry: it must expire on time, not at the next retry.
   absl::Time expiry =
       absl::FromUnixMillis(job.message->envelope.received_ms) + options_.retry.lifetime;
   due = std::min(due, expiry);
-  ++dest.scheduled;
-  loop_->AddTimer(due, [this, &dest, job = std::move(job)]() mutable {
-    --dest.scheduled;
-    dest.ready.push_back(std::move(job));
-    Pump(dest);
+  if (due <= loop_->Now()) return Route(std::move(job));
+  ++scheduled_;
+  loop_->AddTimer(due, [this, job = std::move(job)]() mutable {
+    --scheduled_;
+    Route(std::move(job));
   });
+}
+
+void DeliveryManager::Route(Job job) {
+  if (queue::Expired(options_.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
+                     loop_->Now())) {
+    std::string last_error = job.last_error;
+    return SettleAll(
+        std::move(job),
+        {.kind = AttemptResult::Kind::kDeferred, .status = "4.4.7", .diagnostic = last_error});
+  }
+  delivery::Route route = FindRoute(options_.routes, job.domain, options_.default_tls);
+  auto to_site = [this](std::vector<SiteHost> hosts, smtp::TlsPolicy tls, Job job) {
+    std::string key;
+    for (const SiteHost& h : hosts) {
+      absl::StrAppend(&key, key.empty() ? "" : ",", h.host, ":", h.port);
+    }
+    absl::StrAppend(&key, tls == smtp::TlsPolicy::kRequire ? "/require"
+                          : tls == smtp::TlsPolicy::kNone  ? "/none"
+                                                           : "/opportunistic");
+    uint32_t owner = OwnerOf(key, num_shards_);
+    if (owner == shard_) return AddToSite(key, std::move(hosts), tls, std::move(job));
+    post_(owner,
+          [key, hosts = std::move(hosts), tls, job = std::move(job)](DeliveryManager& m) mutable {
+            m.AddToSite(key, std::move(hosts), tls, std::move(job));
+          });
+  };
+  if (!route.host.empty()) {
+    return to_site({{route.host, route.port}}, route.tls, std::move(job));
+  }
+  if (resolver_ == nullptr) {
+    return SettleAll(std::move(job), {.kind = AttemptResult::Kind::kDeferred,
+                                      .status = "4.4.3",
+                                      .diagnostic = "no resolver and no route for the domain"});
+  }
+  std::string domain = job.domain;
+  resolver_->ResolveMx(domain, [this, to_site, tls = route.tls,
+                                job = std::move(job)](absl::StatusOr<dns::MxResult> mx) mutable {
+    const std::string& d = job.domain;
+    if (!mx.ok()) {
+      if (absl::IsNotFound(mx.status()) || absl::IsInvalidArgument(mx.status())) {
+        return SettleAll(std::move(job),
+                         {.kind = AttemptResult::Kind::kBounced,
+                          .status = "5.1.2",
+                          .diagnostic = absl::StrCat(
+                              "domain ", d, " does not exist (DNS: ", mx.status().message(), ")")});
+      }
+      return SettleAll(
+          std::move(job),
+          {.kind = AttemptResult::Kind::kDeferred,
+           .status = "4.4.3",
+           .diagnostic = absl::StrCat("DNS lookup of ", d, " failed: ", mx.status().message())});
+    }
+    if (mx->kind == dns::MxResult::Kind::kNullMx) {
+      return SettleAll(std::move(job),
+                       {.kind = AttemptResult::Kind::kBounced,
+                        .status = "5.1.10",
+                        .diagnostic = absl::StrCat("556 5.1.10 domain ", d,
+                                                   " accepts no mail (null MX, RFC 7505)")});
+    }
+    std::vector<SiteHost> hosts;
+    for (const dns::MxHost& h : mx->hosts) hosts.push_back({h.host, options_.smtp_port});
+    to_site(std::move(hosts), tls, std::move(job));
+  });
+}
+
+void DeliveryManager::AddToSite(const std::string& key, std::vector<SiteHost> hosts,
+                                smtp::TlsPolicy tls, Job job) {
+  auto& slot = destinations_[key];
+  if (slot == nullptr) {
+    slot = std::make_unique<Destination>();
+    slot->key = key;
+    slot->hosts = std::move(hosts);
+    slot->tls = tls;
+  }
+  slot->ready.push_back(std::move(job));
+  Pump(*slot);
+}
+
+void DeliveryManager::SettleAll(Job job, const AttemptResult& result) {
+  std::vector<AttemptResult> results(job.recipients.size(), result);
+  Settle(std::move(job), std::move(results), nullptr);
 }
 
 void DeliveryManager::Pump(Destination& dest) {
@@ -143,13 +212,10 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& dest) {
     dest.ready.pop_front();
     if (queue::Expired(options_.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
                        now)) {
-      std::vector<AttemptResult> results(job.recipients.size());  // deferred: Settle expires
-      for (AttemptResult& r : results) {
-        r.kind = AttemptResult::Kind::kDeferred;
-        r.status = "4.4.7";
-        r.diagnostic = job.last_error;
-      }
-      Settle(dest, std::move(job), std::move(results), nullptr);
+      std::string last_error = job.last_error;  // a deferral past the lifetime expires
+      SettleAll(
+          std::move(job),
+          {.kind = AttemptResult::Kind::kDeferred, .status = "4.4.7", .diagnostic = last_error});
       continue;
     }
     return job;
@@ -160,17 +226,14 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& dest) {
 void DeliveryManager::CompleteJob(Destination& dest, Job job, std::vector<AttemptResult> results,
                                   std::shared_ptr<const std::string> content) {
   dest.last_progress = loop_->Now();
-  Settle(dest, std::move(job), std::move(results), std::move(content));
+  Settle(std::move(job), std::move(results), std::move(content));
 }
 
 void DeliveryManager::DestinationFailed(Destination& dest, std::vector<Job> failed,
                                         const AttemptResult& reason) {
   for (Job& j : dest.ready) failed.push_back(std::move(j));
   dest.ready.clear();
-  for (Job& job : failed) {
-    std::vector<AttemptResult> results(job.recipients.size(), reason);
-    Settle(dest, std::move(job), std::move(results), nullptr);
-  }
+  for (Job& job : failed) SettleAll(std::move(job), reason);
 }
 
 void DeliveryManager::ConnectionClosed(Destination& dest) {
@@ -178,7 +241,7 @@ void DeliveryManager::ConnectionClosed(Destination& dest) {
   Pump(dest);
 }
 
-void DeliveryManager::Settle(Destination& dest, Job job, std::vector<AttemptResult> results,
+void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
                              std::shared_ptr<const std::string> content) {
   const queue::Envelope& env = job.message->envelope;
   absl::Time now = loop_->Now();
@@ -187,6 +250,7 @@ void DeliveryManager::Settle(Destination& dest, Job job, std::vector<AttemptResu
   std::vector<DsnRecipient> dsn;
   Job retry;
   retry.message = job.message;
+  retry.domain = job.domain;
   retry.attempts = job.attempts + 1;
   retry.delay_notified = job.delay_notified;
   uint32_t finals = 0;
@@ -251,14 +315,13 @@ void DeliveryManager::Settle(Destination& dest, Job job, std::vector<AttemptResu
   }
   absl::Duration delay = queue::NextRetryDelay(options_.retry, retry.attempts, rng_);
   std::string id = env.id;
-  std::string domain = dest.domain;
   auto message = job.message;
   spool_->RecordOutcomes(
       id, std::move(updates),
-      [this, id, domain, finals, delay, retry = std::move(retry), dsn = std::move(dsn),
+      [this, id, finals, delay, retry = std::move(retry), dsn = std::move(dsn),
        message = std::move(message), content = std::move(content)](absl::Status s) mutable {
         // On the spool's writer thread: continue on this shard.
-        loop_->Post([this, s = std::move(s), id, domain, finals, delay, retry = std::move(retry),
+        loop_->Post([this, s = std::move(s), id, finals, delay, retry = std::move(retry),
                      dsn = std::move(dsn), message = std::move(message),
                      content = std::move(content)]() mutable {
           if (!s.ok()) {
@@ -266,7 +329,18 @@ void DeliveryManager::Settle(Destination& dest, Job job, std::vector<AttemptResu
             // (at-least-once); in memory they are settled as recorded above.
             MTA_LOG_WARNING("delivery: recording outcomes of %s failed: %s", id, s.ToString());
           }
-          if (!retry.recipients.empty()) AddJob(domain, std::move(retry), loop_->Now() + delay);
+          if (!retry.recipients.empty()) {
+            // Back to the first tier: the domain's owner schedules the retry.
+            absl::Time due = loop_->Now() + delay;
+            uint32_t owner = OwnerOf(retry.domain, num_shards_);
+            if (owner == shard_) {
+              AddJob(std::move(retry), due);
+            } else {
+              post_(owner, [retry = std::move(retry), due](DeliveryManager& m) mutable {
+                m.AddJob(std::move(retry), due);
+              });
+            }
+          }
           if (!dsn.empty()) SendDsns(std::move(message), std::move(dsn), std::move(content));
           if (finals > 0) {
             uint32_t home = HomeOf(id, num_shards_);
@@ -335,11 +409,11 @@ void DeliveryManager::RecipientsFinal(const std::string& id, uint32_t count) {
 
 void DeliveryManager::Watchdog() {
   absl::Time now = loop_->Now();
-  // Forget destinations with nothing queued, scheduled or connected: nothing refers to
-  // them any more, and a long-running MTA sees millions of domains.
+  // Forget sites with nothing queued or connected: nothing refers to them any more (the
+  // scheduled tier keeps jobs by domain), and a long-running MTA sees millions of them.
   absl::erase_if(destinations_, [](const auto& kv) {
     const Destination& d = *kv.second;
-    return d.ready.empty() && d.scheduled == 0 && d.connections == 0 && d.idle.empty();
+    return d.ready.empty() && d.connections == 0 && d.idle.empty();
   });
   for (auto& [domain, dest] : destinations_) {
     bool stalled = !dest->ready.empty() && dest->idle.empty() &&

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "queue/rocksdb_spool.h"
 
@@ -43,8 +44,13 @@ class DeliveryManagerTest : public ::testing::Test {
     o.retry.lifetime = lifetime_;
     o.max_connections_per_destination = 2;
     o.max_recipients_per_transaction = 2;
+    // Every test domain has its own next hop, so each is its own site.
+    int n = 10;
+    for (const char* d : {"one.test", "two.test", "dead.test", "origin.test"}) {
+      o.routes.push_back({.domain = d, .host = absl::StrCat("127.0.0.", n++), .port = 25});
+    }
     manager_ = std::make_unique<DeliveryManager>(
-        0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, o,
+        0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, /*resolver=*/nullptr, o,
         [this](uint32_t, absl::AnyInvocable<void(DeliveryManager&)> fn) {
           loop_->Post([this, fn = std::move(fn)]() mutable { fn(*manager_); });
         },
@@ -100,6 +106,14 @@ class DeliveryManagerTest : public ::testing::Test {
     return msg;
   }
 
+  // The site a test domain routes to.
+  static std::string Key(absl::string_view domain) {
+    int n = domain == "one.test" ? 10 : domain == "two.test" ? 11 : domain == "dead.test" ? 12 : 13;
+    return absl::StrCat("127.0.0.", n, ":25/opportunistic");
+  }
+  bool HasSite(absl::string_view domain) { return manager_->destinations().contains(Key(domain)); }
+  Destination& Site(absl::string_view domain) { return *manager_->destinations().at(Key(domain)); }
+
   std::vector<queue::Envelope> Spooled() {
     std::vector<queue::Envelope> out;
     EXPECT_TRUE(spool_->Recover([&](queue::Envelope e) { out.push_back(std::move(e)); }).ok());
@@ -136,8 +150,8 @@ class DeliveryManagerTest : public ::testing::Test {
 TEST_F(DeliveryManagerTest, GroupsByDomainSplitsBigTransactionsAndRemovesWhenDone) {
   Inject({"a@one.test", "b@two.test", "c@one.test", "d@one.test"});
   ASSERT_EQ(manager_->destinations().size(), 2u);
-  Destination& one = *manager_->destinations().at("one.test");
-  Destination& two = *manager_->destinations().at("two.test");
+  Destination& one = Site("one.test");
+  Destination& two = Site("two.test");
   EXPECT_EQ(one.ready.size(), 2u);  // 3 recipients, at most 2 per transaction
   EXPECT_EQ(one.connections, 2u);   // capped at 2
   EXPECT_EQ(two.connections, 1u);
@@ -156,7 +170,7 @@ TEST_F(DeliveryManagerTest, GroupsByDomainSplitsBigTransactionsAndRemovesWhenDon
 
 TEST_F(DeliveryManagerTest, DeferredRecipientsComeBackAfterTheRetryDelay) {
   Inject({"a@one.test", "b@one.test"});
-  Destination& one = *manager_->destinations().at("one.test");
+  Destination& one = Site("one.test");
   absl::Time t0 = absl::Now();
   Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                 Result(Kind::kDeferred, "4.2.0", "450 4.2.0 try later")});
@@ -177,12 +191,12 @@ TEST_F(DeliveryManagerTest, DeferredRecipientsComeBackAfterTheRetryDelay) {
 
 TEST_F(DeliveryManagerTest, BounceSpoolsAndQueuesAnRfc3464Dsn) {
   Inject({"gone@one.test", "ok@one.test"});
-  Destination& one = *manager_->destinations().at("one.test");
+  Destination& one = Site("one.test");
   Attempt(one, {Result(Kind::kBounced, "5.1.1", "550 5.1.1 no such user"),
                 Result(Kind::kDelivered, "2.0.0", "250 ok")});
   // The DSN goes to the sender's domain.
-  ASSERT_TRUE(RunUntil([&] { return manager_->destinations().contains("origin.test"); }));
-  Destination& origin = *manager_->destinations().at("origin.test");
+  ASSERT_TRUE(RunUntil([&] { return HasSite("origin.test"); }));
+  Destination& origin = Site("origin.test");
   ASSERT_EQ(origin.ready.size(), 1u);
   const queue::Envelope& dsn = origin.ready.front().message->envelope;
   EXPECT_EQ(dsn.sender, "");
@@ -206,7 +220,7 @@ TEST_F(DeliveryManagerTest, BounceSpoolsAndQueuesAnRfc3464Dsn) {
 TEST_F(DeliveryManagerTest, DestinationFailureAppliesToEveryWaitingJob) {
   Inject({"a@dead.test"});
   Inject({"b@dead.test"}, "");  // from <>: no DSN
-  Destination& dead = *manager_->destinations().at("dead.test");
+  Destination& dead = Site("dead.test");
   std::optional<Job> taken = manager_->TakeJob(dead);
   ASSERT_TRUE(taken.has_value());
   std::vector<Job> failed;
@@ -214,7 +228,7 @@ TEST_F(DeliveryManagerTest, DestinationFailureAppliesToEveryWaitingJob) {
   manager_->DestinationFailed(dead, std::move(failed),
                               Result(Kind::kBounced, "5.1.2", "domain does not exist"));
   EXPECT_TRUE(dead.ready.empty());
-  ASSERT_TRUE(RunUntil([&] { return manager_->destinations().contains("origin.test"); }));
+  ASSERT_TRUE(RunUntil([&] { return HasSite("origin.test"); }));
   EXPECT_EQ(manager_->bounced(), 2u);
   ASSERT_TRUE(RunUntil([&] { return Spooled().size() == 1; }));  // just the one DSN
 }
@@ -224,10 +238,10 @@ TEST_F(DeliveryManagerTest, DeferredPastLifetimeExpiresIntoABounce) {
   lifetime_ = absl::Milliseconds(200);
   Open();
   Inject({"slow@one.test"});
-  Destination& one = *manager_->destinations().at("one.test");
+  Destination& one = Site("one.test");
   // Keep deferring until the lifetime passes; the job must not outlive it.
   absl::Time start = absl::Now();
-  while (!manager_->destinations().contains("origin.test")) {
+  while (!HasSite("origin.test")) {
     if (!one.ready.empty()) {
       // Once the lifetime has passed TakeJob itself expires the job instead of handing it out.
       std::optional<Job> job = manager_->TakeJob(one);
@@ -237,19 +251,17 @@ TEST_F(DeliveryManagerTest, DeferredPastLifetimeExpiresIntoABounce) {
                               {Result(Kind::kDeferred, "4.4.1", "connection timed out")}, content);
       }
     }
-    ASSERT_TRUE(RunUntil(
-        [&] { return !one.ready.empty() || manager_->destinations().contains("origin.test"); }));
+    ASSERT_TRUE(RunUntil([&] { return !one.ready.empty() || HasSite("origin.test"); }));
     ASSERT_LT(absl::Now() - start, absl::Seconds(5));
   }
-  const std::string& c =
-      *manager_->destinations().at("origin.test")->ready.front().message->content;
+  const std::string& c = *Site("origin.test").ready.front().message->content;
   EXPECT_TRUE(absl::StrContains(c, "Action: failed\r\nStatus: 4.4.7\r\n"));
   EXPECT_TRUE(absl::StrContains(c, "last error: connection timed out"));
 }
 
 TEST_F(DeliveryManagerTest, RecoveredMessageSkipsRecipientsAlreadyDelivered) {
   Inject({"a@one.test", "b@one.test"});
-  Destination& one = *manager_->destinations().at("one.test");
+  Destination& one = Site("one.test");
   Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                 Result(Kind::kDeferred, "4.0.0", "451 later")});
   ASSERT_TRUE(RunUntil([&] { return !one.ready.empty(); }));
@@ -260,11 +272,47 @@ TEST_F(DeliveryManagerTest, RecoveredMessageSkipsRecipientsAlreadyDelivered) {
   auto msg = std::make_shared<DeliveryMessage>();
   msg->envelope = spooled[0];
   manager_->AddMessage(msg);
-  Destination& again = *manager_->destinations().at("one.test");
+  Destination& again = Site("one.test");
   ASSERT_TRUE(RunUntil([&] { return !again.ready.empty(); }));
   std::optional<Job> job = manager_->TakeJob(again);
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->recipients, (std::vector<uint32_t>{1}));
+}
+
+}  // namespace
+}  // namespace mta::delivery
+
+namespace mta::delivery {
+namespace {
+
+TEST_F(DeliveryManagerTest, DomainsWithTheSameHostsShareOneSite) {
+  Close();
+  Open();
+  // Re-route two.test to one.test's next hop: they now share one site.
+  manager_.reset();
+  DeliveryOptions o;
+  o.hostname = "mx.test";
+  o.max_connections_per_destination = 1;
+  o.routes = {{.domain = "one.test", .host = "127.0.0.10", .port = 25},
+              {.domain = "two.test", .host = "127.0.0.10", .port = 25}};
+  manager_ = std::make_unique<DeliveryManager>(
+      0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, nullptr, o,
+      [this](uint32_t, absl::AnyInvocable<void(DeliveryManager&)> fn) {
+        loop_->Post([this, fn = std::move(fn)]() mutable { fn(*manager_); });
+      },
+      [this](Destination& d) { opened_.push_back(&d); });
+  opened_.clear();
+  Inject({"a@one.test", "b@two.test"});
+  ASSERT_EQ(manager_->destinations().size(), 1u);
+  Destination& site = Site("one.test");
+  EXPECT_EQ(site.ready.size(), 2u);  // one job per domain...
+  EXPECT_EQ(site.connections, 1u);   // ...sharing the site's single connection slot
+  EXPECT_EQ(opened_.size(), 1u);
+  std::optional<Job> first = manager_->TakeJob(site);
+  std::optional<Job> second = manager_->TakeJob(site);
+  ASSERT_TRUE(first.has_value() && second.has_value());
+  EXPECT_EQ(first->domain, "one.test");
+  EXPECT_EQ(second->domain, "two.test");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ struct DeliveryMessage {
 /** Recipients of one message at one destination: they travel in one SMTP transaction. */
 struct Job {
   std::shared_ptr<const DeliveryMessage> message;
+  std::string domain;                // the recipients' domain (lower-case)
   std::vector<uint32_t> recipients;  // indices into message->envelope.recipients
   uint32_t attempts = 0;             // attempts so far for these recipients
   std::string last_error;            // last deferral reason, for expiry reports

@@ -31,12 +31,6 @@ AttemptResult Deferred(std::string status, std::string diagnostic, std::string r
           .remote_mta = std::move(remote)};
 }
 
-AttemptResult Bounced(std::string status, std::string diagnostic) {
-  return {.kind = AttemptResult::Kind::kBounced,
-          .status = std::move(status),
-          .diagnostic = std::move(diagnostic)};
-}
-
 // Maps one recipient's final reply to the scheduler's outcome.
 AttemptResult FromReply(const ServerReply& reply, const std::string& host, bool remote_dsn) {
   AttemptResult r;
@@ -61,40 +55,12 @@ class Connection {
  public:
   Connection(OutboundContext* ctx, Destination* dest)
       : ctx_(ctx), dest_(dest), alive_(std::make_shared<bool>(true)) {
-    route_ = FindRoute(ctx->routes, dest->domain, ctx->default_tls);
+    tls_policy_ = dest->tls;
   }
 
-  void Start() {
-    if (!route_.host.empty()) {
-      candidates_.push_back({route_.host, 0});
-      NextCandidate();
-      return;
-    }
-    ctx_->resolver->ResolveMx(dest_->domain, [this](absl::StatusOr<dns::MxResult> mx) {
-      if (!mx.ok()) {
-        if (absl::IsNotFound(mx.status()) || absl::IsInvalidArgument(mx.status())) {
-          return Fail(
-              Bounced("5.1.2", absl::StrCat("domain ", dest_->domain,
-                                            " does not exist (DNS: ", mx.status().message(), ")")));
-        }
-        return Fail(Deferred("4.4.3", absl::StrCat("DNS lookup of ", dest_->domain,
-                                                   " failed: ", mx.status().message())));
-      }
-      if (mx->kind == dns::MxResult::Kind::kNullMx) {
-        return Fail(Bounced("5.1.10", absl::StrCat("556 5.1.10 domain ", dest_->domain,
-                                                   " accepts no mail (null MX, RFC 7505)")));
-      }
-      for (const dns::MxHost& h : mx->hosts) candidates_.push_back({h.host, ctx_->smtp_port});
-      NextCandidate();
-    });
-  }
+  void Start() { NextCandidate(); }
 
  private:
-  struct Candidate {
-    std::string host;
-    uint16_t port;  // 0 = the route's port
-  };
-
   class Op final : public event::Completion {
    public:
     using Handler = void (Connection::*)(int res, uint32_t flags);
@@ -121,16 +87,16 @@ class Connection {
   // ---- Host and address selection ---------------------------------------------------
 
   void NextCandidate() {
-    if (next_candidate_ >= candidates_.size()) {
+    if (next_candidate_ >= dest_->hosts.size()) {
       return Fail(last_error_.has_value()
                       ? *last_error_
-                      : Deferred("4.4.1", absl::StrCat("no mail host for ", dest_->domain,
+                      : Deferred("4.4.1", absl::StrCat("no mail host of ", dest_->key,
                                                        " could be reached")));
     }
-    const Candidate& c = candidates_[next_candidate_++];
+    const SiteHost& c = dest_->hosts[next_candidate_++];
     plain_retry_ = false;
     host_ = c.host;
-    port_ = c.port == 0 ? route_.port : c.port;
+    port_ = c.port;
     addresses_.clear();
     next_address_ = 0;
     if (auto ip = IpAddress::Parse(host_); ip.ok()) {
@@ -185,7 +151,7 @@ class Connection {
     smtp::ClientSessionOptions o;
     o.helo_name = ctx_->helo_name;
     o.use_chunking = true;  // BDAT when offered: no dot-stuffing, one round trip
-    o.tls = route_.tls;
+    o.tls = tls_policy_;
     // Opportunistic TLS is skipped without a client context, and for a host whose
     // handshake just failed (we reconnect to it in plain text, as the policy allows).
     if (o.tls == smtp::TlsPolicy::kOpportunistic && (ctx_->tls == nullptr || plain_retry_)) {
@@ -494,7 +460,7 @@ class Connection {
     // the next address or host gets a chance; after that, the destination simply has one
     // connection fewer.
     if (error.has_value() && error->kind == smtp::ClientErrorKind::kTlsFailed &&
-        route_.tls == smtp::TlsPolicy::kOpportunistic && !plain_retry_ && !job_.has_value()) {
+        tls_policy_ == smtp::TlsPolicy::kOpportunistic && !plain_retry_ && !job_.has_value()) {
       MTA_LOG_INFO("delivery: %s: %s; retrying without TLS", peer_, error->reply.ToString());
       plain_retry_ = true;
       --next_address_;  // the same address again
@@ -527,7 +493,7 @@ class Connection {
     std::vector<Job> failed;
     if (job_.has_value()) failed.push_back(*std::move(job_));
     job_.reset();
-    MTA_LOG_INFO("delivery: %s: %s", dest_->domain, reason.diagnostic);
+    MTA_LOG_INFO("delivery: %s: %s", dest_->key, reason.diagnostic);
     ctx_->manager->DestinationFailed(*dest_, std::move(failed), reason);
     Finish();
   }
@@ -554,10 +520,9 @@ class Connection {
 
   OutboundContext* const ctx_;
   Destination* const dest_;
-  Route route_;
+  smtp::TlsPolicy tls_policy_;
   std::shared_ptr<bool> alive_;
   std::shared_ptr<bool> idle_token_;
-  std::vector<Candidate> candidates_;
   size_t next_candidate_ = 0;
   std::vector<IpAddress> addresses_;
   size_t next_address_ = 0;

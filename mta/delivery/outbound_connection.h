@@ -8,7 +8,6 @@
 #include "absl/time/time.h"
 #include "dns/resolver.h"
 #include "mta/delivery/delivery_manager.h"
-#include "mta/delivery/route.h"
 #include "mta/event/event_loop.h"
 #include "queue/content_loader.h"
 
@@ -25,20 +24,17 @@ struct OutboundContext {
   dns::Resolver* resolver = nullptr;
   queue::ContentLoader* loader = nullptr;
   const auth::ClientTlsContext* tls = nullptr;  // null: STARTTLS is never attempted
-  std::vector<Route> routes;
-  smtp::TlsPolicy default_tls = smtp::TlsPolicy::kOpportunistic;
   std::string helo_name;
-  uint16_t smtp_port = 25;  // port of MX hosts
   absl::Duration connect_timeout = absl::Seconds(30);
   absl::Duration idle_timeout = absl::Seconds(5);  // idle connection kept for reuse
   absl::Duration tls_handshake_timeout = absl::Seconds(30);
 };
 
 /**
- * Opens one connection for `destination` and runs it until it has no more work: resolves
- * the route (MX hosts by preference, or the configured next hop), tries every host and
- * address in order on connection failures and 4xx/5xx greetings, upgrades with STARTTLS
- * as the policy says, then takes jobs from the destination and reports their outcomes.
+ * Opens one connection for `destination` (a site) and runs it until it has no more work:
+ * tries the site's hosts (MX preference order, or the next hop) and each of their
+ * addresses in order on connection failures and 4xx/5xx greetings, upgrades with STARTTLS
+ * as the site's policy says, then takes jobs from the site and reports their outcomes.
  * The connection owns itself and calls DeliveryManager::ConnectionClosed() exactly once.
  * Shard-local.
  */

@@ -11,7 +11,10 @@
 
 namespace mta::delivery {
 
-/** A routing override: mail for `domain` ("*" = every domain) goes to host:port. */
+/**
+ * A routing override: mail for `domain` ("*" = every domain) goes to host:port, or, with
+ * an empty host, to the domain's MX hosts under this route's TLS policy.
+ */
 struct Route {
   std::string domain;  // lower-case, or "*"
   std::string host;    // "" = look up the domain's MX; else an IP literal or a host name

@@ -49,7 +49,7 @@ delivery:
   tls: opportunistic          # STARTTLS to MX hosts: none, opportunistic or require
   dns_servers: []             # resolvers as "ip:port"; [] = those in /etc/resolv.conf
   dns_timeout_ms: 3000        # per-query DNS timeout
-  routes: []                  # overrides, e.g. [{domain: "*", host: 127.0.0.1, port: 2526}]
+  routes: []                  # e.g. [{domain: "*", host: 127.0.0.1, port: 2526, tls: none}]
 listeners:                    # SMTP listeners; each key below applies per listener
   - name: default             # label used in logs and the spool
     address: 127.0.0.1:2525   # IP literal and port ([v6]:port for IPv6)
@@ -188,7 +188,6 @@ absl::Status ParseRoute(const YAML::Node& node, size_t index, absl::string_view 
   RETURN_IF_ERROR(m.String("tls", &r->tls));
   RETURN_IF_ERROR(m.Finish());
   if (r->domain.empty()) return m.Error(node, "domain: must be a domain or \"*\"");
-  if (r->host.empty()) return m.Error(node, "host: must not be empty");
   if (r->tls != "none" && r->tls != "opportunistic" && r->tls != "require") {
     return m.Error(node, "tls: must be none, opportunistic or require");
   }

@@ -25,7 +25,7 @@ struct ListenerConfig {
 /** A routing override (see delivery.routes). */
 struct RouteConfig {
   std::string domain;  // "*" = every domain without its own route
-  std::string host;
+  std::string host;    // "" = the domain's MX hosts (the route then only sets `tls`)
   uint32_t port = 25;
   std::string tls = "opportunistic";  // none, opportunistic or require
 

@@ -92,7 +92,8 @@ TEST(ConfigDeliveryTest, BadDeliverySettingsAreRejected) {
   EXPECT_FALSE(ParseConfig("delivery:\n  retry_intervals: \"5x\"\n", "b").ok());
   EXPECT_FALSE(ParseConfig("delivery:\n  tls: sometimes\n", "b").ok());
   EXPECT_FALSE(ParseConfig("delivery:\n  dns_servers: [resolver]\n", "b").ok());
-  EXPECT_FALSE(ParseConfig("delivery:\n  routes: [{domain: a.com}]\n", "b").ok());
+  EXPECT_TRUE(ParseConfig("delivery:\n  routes: [{domain: a.com, tls: require}]\n", "b").ok());
+  EXPECT_FALSE(ParseConfig("delivery:\n  routes: [{host: h}]\n", "b").ok());
   EXPECT_FALSE(
       ParseConfig("delivery:\n  routes: [{domain: a.com, host: h, bogus: 1}]\n", "b").ok());
   EXPECT_FALSE(ParseConfig("delivery:\n  routes: [{domain: a.com, host: h, tls: x}]\n", "b").ok());

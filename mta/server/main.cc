@@ -97,14 +97,14 @@ absl::Status ConfigureDelivery(const Config& config, ServerContext* context) {
   d.delay_warning_after = warning->front();
   d.max_connections_per_destination = config.max_connections_per_destination;
   d.max_recipients_per_transaction = config.max_recipients_per_transaction;
+  d.default_tls = ParseTlsPolicy(config.tls);
+  d.smtp_port = static_cast<uint16_t>(config.smtp_port);
   delivery::OutboundContext& o = context->outbound;
   o.helo_name = config.helo_name.empty() ? config.hostname : config.helo_name;
-  o.default_tls = ParseTlsPolicy(config.tls);
-  o.smtp_port = static_cast<uint16_t>(config.smtp_port);
   o.connect_timeout = absl::Seconds(config.connect_timeout_s);
   o.idle_timeout = absl::Seconds(config.idle_timeout_s);
   for (const RouteConfig& r : config.routes) {
-    o.routes.push_back({.domain = absl::AsciiStrToLower(r.domain),
+    d.routes.push_back({.domain = absl::AsciiStrToLower(r.domain),
                         .host = r.host,
                         .port = static_cast<uint16_t>(r.port),
                         .tls = ParseTlsPolicy(r.tls)});

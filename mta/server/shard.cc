@@ -339,7 +339,8 @@ absl::Status Shard::StartDelivery() {
   resolver_ = *std::move(resolver);
   ServerContext* ctx = context_;
   delivery_ = std::make_unique<delivery::DeliveryManager>(
-      index_, ctx->shards.size(), loop_.get(), ctx->spool, ctx->loader, &ids_, ctx->delivery,
+      index_, ctx->shards.size(), loop_.get(), ctx->spool, ctx->loader, &ids_, resolver_.get(),
+      ctx->delivery,
       [ctx](uint32_t shard, absl::AnyInvocable<void(delivery::DeliveryManager&)> fn) {
         Shard* target = ctx->shards[shard];
         target->loop_->Post([target, fn = std::move(fn)]() mutable {

@@ -13,9 +13,10 @@ NSD = "/usr/sbin/nsd"
 
 
 def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-        for _ in range(50):
-            port = random.randint(20000, 60000)
+    """A port free for both UDP and TCP on 127.0.0.1 (fresh sockets for every try)."""
+    for _ in range(50):
+        port = random.randint(20000, 60000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
             try:
                 u.bind(("127.0.0.1", port))
                 t.bind(("127.0.0.1", port))

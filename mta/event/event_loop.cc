@@ -96,6 +96,13 @@ io_uring_sqe* EventLoop::Sqe(Completion* c) {
   return sqe;
 }
 
+void EventLoop::PrepareReceive(Completion* c, int fd) {
+  io_uring_sqe* sqe = Sqe(c);
+  io_uring_prep_recv(sqe, fd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = kRecvBufferGroup;
+}
+
 absl::string_view EventLoop::ReceivedData(uint32_t cqe_flags, int len) const {
   uint32_t bid = cqe_flags >> IORING_CQE_BUFFER_SHIFT;
   return absl::string_view(buffers_.get() + static_cast<size_t>(bid) * buffer_bytes_, len);

@@ -54,6 +54,8 @@ class EventLoop {
 
   /** Group id to pass with IOSQE_BUFFER_SELECT for receives. */
   static constexpr uint16_t kRecvBufferGroup = 1;
+  /** Queues a receive on `fd` into a provided buffer, completing into `c`. */
+  void PrepareReceive(Completion* c, int fd);
   /** The bytes of a completed buffer-select receive. Valid until RecycleBuffer(). */
   absl::string_view ReceivedData(uint32_t cqe_flags, int len) const;
   void RecycleBuffer(uint32_t cqe_flags);

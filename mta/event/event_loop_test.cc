@@ -68,10 +68,7 @@ TEST(EventLoopTest, ReceiveUsesProvidedBuffers) {
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   RecvCompletion recv(loop.get());
-  io_uring_sqe* sqe = loop->Sqe(&recv);
-  io_uring_prep_recv(sqe, fds[0], nullptr, 64, 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = EventLoop::kRecvBufferGroup;
+  loop->PrepareReceive(&recv, fds[0]);
   ASSERT_EQ(write(fds[1], "hello", 5), 5);
   loop->Run();
   EXPECT_EQ(recv.data_, "hello");

@@ -144,10 +144,7 @@ class Connection final : public smtp::SessionDelegate {
     if (recv_armed_ || closed_) return;
     recv_armed_ = true;
     ++pending_ops_;
-    io_uring_sqe* sqe = Loop()->Sqe(&recv_op_);
-    io_uring_prep_recv(sqe, fd_, nullptr, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = event::EventLoop::kRecvBufferGroup;
+    Loop()->PrepareReceive(&recv_op_, fd_);
   }
 
   void OnRecv(int res, uint32_t flags) {

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <future>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -222,9 +223,12 @@ int Run(int argc, char** argv) {
   MTA_LOG_INFO("recovered %d messages from %s in %d ms", recovered, config.spool_path,
                absl::ToInt64Milliseconds(absl::Now() - recover_start));
 
+  std::promise<void> all_started;
+  context.all_started = all_started.get_future().share();
   for (size_t i = 0; i < shards.size(); ++i) {
     absl::Status s = shards[i]->Start();
     if (!s.ok()) {
+      all_started.set_value();
       for (size_t j = 0; j < i; ++j) shards[j]->BeginShutdown();
       for (size_t j = 0; j < i; ++j) shards[j]->Join();
       loader.reset();
@@ -232,6 +236,7 @@ int Run(int argc, char** argv) {
       return Fail(std::string(s.message()));
     }
   }
+  all_started.set_value();
   std::vector<std::string> addresses;
   for (const ListenerConfig& l : config.listeners) addresses.push_back(l.address);
   MTA_LOG_INFO("mtad ready: %d shards, SMTP on %s, hostname %s", shards.size(),

@@ -350,13 +350,6 @@ absl::Status Shard::StartDelivery() {
   outbound_.manager = delivery_.get();
   outbound_.resolver = resolver_.get();
   outbound_.loader = ctx->loader;
-  for (queue::Envelope& env : recovered_) {
-    auto message = std::make_shared<delivery::DeliveryMessage>();
-    message->envelope = std::move(env);
-    delivery_->AddMessage(std::move(message));
-  }
-  recovered_.clear();
-  recovered_.shrink_to_fit();
   return absl::OkStatus();
 }
 
@@ -388,8 +381,20 @@ absl::Status Shard::Start() {
         return;
       }
     }
-    for (auto& a : accepts_) a->Arm();
     started.set_value(absl::OkStatus());
+    // Shards post to each other (recovered and accepted messages go to their home and
+    // owner shards): nothing may be posted before every shard's loop exists.
+    context_->all_started.wait();
+    if (delivery_ != nullptr) {
+      for (queue::Envelope& env : recovered_) {
+        auto message = std::make_shared<delivery::DeliveryMessage>();
+        message->envelope = std::move(env);
+        delivery_->AddMessage(std::move(message));
+      }
+      recovered_.clear();
+      recovered_.shrink_to_fit();
+    }
+    for (auto& a : accepts_) a->Arm();
     loop_->Run();
     if (delivery_ != nullptr) queued_.store(delivery_->messages_at_home());
     // Shard-local objects die on their own thread (c-ares and timers are loop-affine).

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,6 +53,8 @@ struct ServerContext {
   delivery::OutboundContext outbound;  // template; loop, manager and resolver set per shard
   dns::CaresResolverOptions dns;
   std::vector<Shard*> shards;  // filled before any shard runs
+  // Ready once every shard's loop exists; shards wait for it before accepting or posting.
+  std::shared_future<void> all_started;
 };
 
 class Connection;
@@ -70,7 +73,10 @@ class Shard {
   absl::Status Init();
   /** Adds a recovered message to this shard's queue. Only before Start(). */
   void AddRecovered(queue::Envelope envelope);
-  /** Starts the thread and its io_uring loop; returns once it accepts connections. */
+  /**
+   * Starts the thread and creates its io_uring loop; returns once the loop exists. The
+   * shard starts accepting and delivering when ServerContext::all_started is ready.
+   */
   absl::Status Start();
   /** Thread-safe: stop accepting, let sessions in DATA finish, then exit the loop. */
   void BeginShutdown();

@@ -174,8 +174,13 @@ TEST_F(DeliveryManagerTest, DeferredRecipientsComeBackAfterTheRetryDelay) {
   absl::Time t0 = absl::Now();
   Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                 Result(Kind::kDeferred, "4.2.0", "450 4.2.0 try later")});
+  ASSERT_TRUE(RunUntil([&] { return manager_->scheduled() == 1; }));  // waiting its turn
+  EXPECT_TRUE(one.ready.empty());
   ASSERT_TRUE(RunUntil([&] { return !one.ready.empty(); }));
   EXPECT_GE(absl::Now() - t0, absl::Milliseconds(45));
+  EXPECT_EQ(manager_->scheduled(), 0u);
+  EXPECT_EQ(manager_->deferred(), 1u);
+  EXPECT_EQ(manager_->delivered(), 1u);
   std::optional<Job> retry = manager_->TakeJob(one);
   ASSERT_TRUE(retry.has_value());
   EXPECT_EQ(retry->recipients, (std::vector<uint32_t>{1}));

@@ -331,6 +331,12 @@ class Connection {
       }
       if (phase == Phase::kClosed) return SessionClosed();
       if (phase == Phase::kReady) {
+        if (!ready_seen_) {
+          // One line per connection, so TLS use per delivery can be traced from the log.
+          MTA_LOG_INFO("delivery: connected to %s (%s) for %s: %s", peer_,
+                       tls_summary_.empty() ? "plain text" : tls_summary_, dest_->key,
+                       session_->capabilities().ToString());
+        }
         ready_seen_ = true;
         if (!job_.has_value() && !loading_ && idle_token_ == nullptr) {
           NextJob();

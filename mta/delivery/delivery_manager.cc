@@ -193,9 +193,9 @@ void DeliveryManager::SettleAll(Job job, const AttemptResult& result) {
 void DeliveryManager::Pump(Destination& dest) {
   // Idle connections first, then new ones up to the destination's cap.
   while (!dest.ready.empty() && !dest.idle.empty()) {
-    auto wake = std::move(dest.idle.front());
+    Destination::IdleWaker waker = std::move(dest.idle.front());
     dest.idle.pop_front();
-    wake();
+    if (!waker.token.expired()) waker.wake();
   }
   size_t waiting = dest.ready.size();
   while (waiting > 0 && dest.connections < options_.max_connections_per_destination) {
@@ -315,85 +315,94 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
   }
   absl::Duration delay = queue::NextRetryDelay(options_.retry, retry.attempts, rng_);
   std::string id = env.id;
-  auto message = job.message;
-  spool_->RecordOutcomes(
-      id, std::move(updates),
-      [this, id, finals, delay, retry = std::move(retry), dsn = std::move(dsn),
-       message = std::move(message), content = std::move(content)](absl::Status s) mutable {
-        // On the spool's writer thread: continue on this shard.
-        loop_->Post([this, s = std::move(s), id, finals, delay, retry = std::move(retry),
-                     dsn = std::move(dsn), message = std::move(message),
-                     content = std::move(content)]() mutable {
-          if (!s.ok()) {
-            // The outcome is not durable: a crash would repeat these recipients
-            // (at-least-once); in memory they are settled as recorded above.
-            MTA_LOG_WARNING("delivery: recording outcomes of %s failed: %s", id, s.ToString());
-          }
-          if (!retry.recipients.empty()) {
-            // Back to the first tier: the domain's owner schedules the retry.
-            absl::Time due = loop_->Now() + delay;
-            uint32_t owner = OwnerOf(retry.domain, num_shards_);
-            if (owner == shard_) {
-              AddJob(std::move(retry), due);
-            } else {
-              post_(owner, [retry = std::move(retry), due](DeliveryManager& m) mutable {
-                m.AddJob(std::move(retry), due);
-              });
+  // Outcomes are recorded only after the DSNs they cause are durable: a crash in between
+  // repeats the attempt (and maybe the DSN), but a bounce is never recorded without its DSN.
+  auto record = [this, id, updates = std::move(updates), finals, delay,
+                 retry = std::move(retry)]() mutable {
+    spool_->RecordOutcomes(
+        id, std::move(updates),
+        [this, loop = loop_, id, finals, delay, retry = std::move(retry)](absl::Status s) mutable {
+          // On the spool's writer thread: only the loop is touched here (the manager may be
+          // gone once its loop has stopped); the rest runs on the shard.
+          loop->Post([this, s = std::move(s), id, finals, delay,
+                      retry = std::move(retry)]() mutable {
+            if (!s.ok()) {
+              // Not durable: a crash would repeat these recipients (at-least-once); in
+              // memory they are settled as attempted.
+              MTA_LOG_WARNING("delivery: recording outcomes of %s failed: %s", id, s.ToString());
             }
-          }
-          if (!dsn.empty()) SendDsns(std::move(message), std::move(dsn), std::move(content));
-          if (finals > 0) {
-            uint32_t home = HomeOf(id, num_shards_);
-            if (home == shard_) {
-              RecipientsFinal(id, finals);
-            } else {
-              post_(home, [id, finals](DeliveryManager& m) { m.RecipientsFinal(id, finals); });
+            if (!retry.recipients.empty()) {
+              // Back to the first tier: the domain's owner schedules the retry.
+              absl::Time due = loop_->Now() + delay;
+              uint32_t owner = OwnerOf(retry.domain, num_shards_);
+              if (owner == shard_) {
+                AddJob(std::move(retry), due);
+              } else {
+                post_(owner, [retry = std::move(retry), due](DeliveryManager& m) mutable {
+                  m.AddJob(std::move(retry), due);
+                });
+              }
             }
-          }
+            if (finals > 0) {
+              uint32_t home = HomeOf(id, num_shards_);
+              if (home == shard_) {
+                RecipientsFinal(id, finals);
+              } else {
+                post_(home, [id, finals](DeliveryManager& m) { m.RecipientsFinal(id, finals); });
+              }
+            }
+          });
         });
-      });
+  };
+  if (dsn.empty()) return record();
+  SendDsns(job.message, std::move(dsn), std::move(content), std::move(record));
 }
 
 void DeliveryManager::SendDsns(std::shared_ptr<const DeliveryMessage> message,
                                std::vector<DsnRecipient> recipients,
-                               std::shared_ptr<const std::string> content) {
+                               std::shared_ptr<const std::string> content,
+                               absl::AnyInvocable<void()> then) {
   if (content == nullptr) content = message->content;
   if (content == nullptr) {
-    loader_->Load(message->envelope.id,
-                  [this, message, recipients = std::move(recipients)](
-                      absl::StatusOr<std::shared_ptr<const std::string>> loaded) mutable {
-                    loop_->Post([this, message, recipients = std::move(recipients),
-                                 loaded = std::move(loaded)]() mutable {
-                      // Without the original (it vanished from the spool) the report still goes
-                      // out.
-                      SendDsns(message, std::move(recipients),
-                               loaded.ok() ? *loaded : std::make_shared<const std::string>());
-                    });
-                  });
+    loader_->Load(
+        message->envelope.id,
+        [this, loop = loop_, message, recipients = std::move(recipients), then = std::move(then)](
+            absl::StatusOr<std::shared_ptr<const std::string>> loaded) mutable {
+          loop->Post([this, message, recipients = std::move(recipients), then = std::move(then),
+                      loaded = std::move(loaded)]() mutable {
+            // Without the original (it vanished from the spool) the report still
+            // goes out.
+            SendDsns(message, std::move(recipients),
+                     loaded.ok() ? *loaded : std::make_shared<const std::string>(),
+                     std::move(then));
+          });
+        });
     return;
   }
   DsnOptions options{.reporting_mta = options_.hostname,
                      .dsn_id = ids_->Next(absl::ToUnixMillis(loop_->Now())),
                      .now = loop_->Now()};
   auto record = BuildDsn(options, message->envelope, *content, recipients);
-  spool_->Commit(
-      std::move(record), [this](absl::Status s, std::unique_ptr<queue::SpoolRecord> rec) mutable {
-        loop_->Post([this, s = std::move(s), rec = std::move(rec)]() mutable {
-          if (!s.ok()) {
-            MTA_LOG_ERROR("delivery: could not spool DSN %s: %s", rec->envelope.id, s.ToString());
-            return;
-          }
-          auto dsn = std::make_shared<DeliveryMessage>();
-          dsn->envelope = std::move(rec->envelope);
-          dsn->content = std::make_shared<const std::string>(std::move(rec->content));
-          uint32_t home = HomeOf(dsn->envelope.id, num_shards_);
-          if (home == shard_) {
-            AddMessage(std::move(dsn));
-          } else {
-            post_(home, [dsn = std::move(dsn)](DeliveryManager& m) mutable { m.AddMessage(dsn); });
-          }
-        });
-      });
+  spool_->Commit(std::move(record), [this, loop = loop_, then = std::move(then)](
+                                        absl::Status s,
+                                        std::unique_ptr<queue::SpoolRecord> rec) mutable {
+    loop->Post([this, s = std::move(s), rec = std::move(rec), then = std::move(then)]() mutable {
+      if (!s.ok()) {
+        MTA_LOG_ERROR("delivery: could not spool DSN %s: %s", rec->envelope.id, s.ToString());
+      } else {
+        auto dsn = std::make_shared<DeliveryMessage>();
+        dsn->envelope = std::move(rec->envelope);
+        dsn->content = std::make_shared<const std::string>(std::move(rec->content));
+        uint32_t home = HomeOf(dsn->envelope.id, num_shards_);
+        if (home == shard_) {
+          AddMessage(std::move(dsn));
+        } else {
+          post_(home, [dsn = std::move(dsn)](DeliveryManager& m) mutable { m.AddMessage(dsn); });
+        }
+      }
+      then();
+    });
+  });
 }
 
 void DeliveryManager::RecipientsFinal(const std::string& id, uint32_t count) {
@@ -412,7 +421,8 @@ void DeliveryManager::Watchdog() {
   // Forget sites with nothing queued or connected: nothing refers to them any more (the
   // scheduled tier keeps jobs by domain), and a long-running MTA sees millions of them.
   absl::erase_if(destinations_, [](const auto& kv) {
-    const Destination& d = *kv.second;
+    Destination& d = *kv.second;
+    std::erase_if(d.idle, [](const Destination::IdleWaker& w) { return w.token.expired(); });
     return d.ready.empty() && d.connections == 0 && d.idle.empty();
   });
   for (auto& [domain, dest] : destinations_) {

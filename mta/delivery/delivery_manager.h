@@ -63,7 +63,11 @@ struct Destination {
   std::deque<Job> ready;
   uint32_t connections = 0;  // open or opening
   // Idle connections waiting for work: calling one hands it the next ready job.
-  std::deque<std::function<void()>> idle;
+  struct IdleWaker {
+    std::weak_ptr<bool> token;  // expired: the connection is no longer idle
+    std::function<void()> wake;
+  };
+  std::deque<IdleWaker> idle;
   absl::Time last_progress = absl::InfinitePast();
 };
 
@@ -130,8 +134,10 @@ class DeliveryManager {
   void Pump(Destination& destination);
   void Settle(Job job, std::vector<AttemptResult> results,
               std::shared_ptr<const std::string> content);
+  /** Spools DSNs about `recipients`, then runs `then` on this loop. */
   void SendDsns(std::shared_ptr<const DeliveryMessage> message,
-                std::vector<DsnRecipient> recipients, std::shared_ptr<const std::string> content);
+                std::vector<DsnRecipient> recipients, std::shared_ptr<const std::string> content,
+                absl::AnyInvocable<void()> then);
   void RecipientsFinal(const std::string& id, uint32_t count);
   void Watchdog();
 

@@ -134,6 +134,7 @@ class Connection {
     int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ++pending_ops_;
+    Loop()->ReserveSqes(2);  // the connect and its linked timeout must go in together
     io_uring_sqe* sqe = Loop()->Sqe(&connect_op_);
     io_uring_prep_connect(sqe, fd_, reinterpret_cast<sockaddr*>(&addr_), *len);
     sqe->flags |= IOSQE_IO_LINK;
@@ -353,8 +354,10 @@ class Connection {
   void ArmPhaseTimer() {
     if (session_ == nullptr) return;
     Phase phase = session_->phase();
-    absl::Duration d =
-        phase == Phase::kReady ? ctx_->idle_timeout : ClientSession::DefaultTimeout(phase);
+    absl::Duration d = phase == Phase::kReady      ? ctx_->idle_timeout
+                       : phase == Phase::kStartTls ? ctx_->tls_handshake_timeout
+                                                   : ClientSession::DefaultTimeout(phase);
+    if (loading_) d = absl::InfiniteDuration();  // the content loader answers in any case
     deadline_ = d == absl::InfiniteDuration() ? absl::InfiniteFuture() : Loop()->Now() + d;
     if (timer_ == 0 && deadline_ != absl::InfiniteFuture()) ArmTimerAt(deadline_);
   }
@@ -368,6 +371,8 @@ class Connection {
       if (session_->phase() == Phase::kReady && !job_.has_value() && !loading_) {
         idle_token_.reset();  // no longer idle: the destination must not hand us work
         session_->Quit().IgnoreError();
+      } else if (session_->phase() == Phase::kStartTls) {
+        session_->OnTlsFailed("TLS handshake timed out").IgnoreError();
       } else {
         session_->OnTimeout();
       }
@@ -380,11 +385,11 @@ class Connection {
     if (!job.has_value()) {
       // Idle: offer ourselves to the destination until the idle timer ends the connection.
       idle_token_ = std::make_shared<bool>(true);
-      dest_->idle.push_back([this, alive = alive_, token = std::weak_ptr<bool>(idle_token_)] {
-        if (!*alive || token.expired() || finished_) return;
-        idle_token_.reset();
-        Drive();  // takes the waiting job
-      });
+      dest_->idle.push_back({idle_token_, [this, alive = alive_] {
+                               if (!*alive || finished_) return;
+                               idle_token_.reset();
+                               Drive();  // takes the waiting job
+                             }});
       return;
     }
     job_ = *std::move(job);
@@ -503,6 +508,14 @@ class Connection {
 
   void Finish() {
     if (finished_) return;
+    if (job_.has_value()) {
+      // A job taken but never attempted (its content was still loading when the
+      // connection ended) goes back to be retried: it must never simply vanish.
+      loading_ = false;
+      Report(std::vector<AttemptResult>(
+          job_->recipients.size(),
+          Deferred("4.4.2", absl::StrCat("connection to ", peer_, " ended before sending"))));
+    }
     finished_ = true;
     *alive_ = false;
     idle_token_.reset();

@@ -96,6 +96,10 @@ io_uring_sqe* EventLoop::Sqe(Completion* c) {
   return sqe;
 }
 
+void EventLoop::ReserveSqes(unsigned n) {
+  if (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
+}
+
 void EventLoop::PrepareReceive(Completion* c, int fd) {
   io_uring_sqe* sqe = Sqe(c);
   io_uring_prep_recv(sqe, fd, nullptr, 0, 0);

@@ -49,6 +49,8 @@ class EventLoop {
   static absl::StatusOr<std::unique_ptr<EventLoop>> Create(const Options& options);
   ~EventLoop();
 
+  /** Makes sure the next `n` Sqe() calls need no submit in between (for linked SQEs). */
+  void ReserveSqes(unsigned n);
   /** An SQE whose user_data is `c`; submits first if the SQ is full. Never null. */
   io_uring_sqe* Sqe(Completion* c);
 

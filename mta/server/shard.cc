@@ -58,6 +58,7 @@ class Connection final : public smtp::SessionDelegate {
   uint64_t id() const { return id_; }
   const std::string& ip() const { return ip_; }
   smtp::Session& session() { return session_; }
+  bool sending() const { return sending_; }
 
   /** Greets (or rejects with `reject`) and starts reading. */
   void Begin(const std::string& reject) {
@@ -134,6 +135,7 @@ class Connection final : public smtp::SessionDelegate {
   event::EventLoop* Loop() { return shard_->loop_.get(); }
 
   void RejectEarlyTalker() {
+    greeted_ = true;  // the 554 replaces the greeting for good
     session_.RejectAndClose(
         absl::StrCat("554 5.5.1 ", spec_.session.hostname,
                      " Error: SMTP protocol violation, client spoke before greeting"));
@@ -250,6 +252,12 @@ class Connection final : public smtp::SessionDelegate {
         c->ArmTimer();
         return;
       }
+      if (c->sending_) {
+        // The client has not read our last reply for a whole timeout: no 421 could
+        // reach it either, so drop the connection.
+        c->Close();
+        return;
+      }
       c->session_.OnTimeout();
       c->Flush();
     });
@@ -340,6 +348,7 @@ absl::Status Shard::StartDelivery() {
       ctx->delivery,
       [ctx](uint32_t shard, absl::AnyInvocable<void(delivery::DeliveryManager&)> fn) {
         Shard* target = ctx->shards[shard];
+        if (target->loop_ == nullptr) return;  // start-up failed before that shard ran
         target->loop_->Post([target, fn = std::move(fn)]() mutable {
           if (target->delivery_ != nullptr) fn(*target->delivery_);
         });
@@ -356,9 +365,9 @@ absl::Status Shard::StartDelivery() {
 absl::Status Shard::Start() {
   // The ring is created on the shard's own thread: IORING_SETUP_SINGLE_ISSUER ties it to
   // the thread that creates it.
-  std::promise<absl::Status> started;
-  std::future<absl::Status> result = started.get_future();
-  thread_ = std::thread([this, &started] {
+  auto started = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = started->get_future();
+  thread_ = std::thread([this, started] {
     std::string name = absl::StrCat("shard-", index_);
     pthread_setname_np(pthread_self(), name.c_str());
     unsigned cpus = std::thread::hardware_concurrency();
@@ -370,18 +379,18 @@ absl::Status Shard::Start() {
     }
     auto loop = event::EventLoop::Create(event::EventLoop::Options());
     if (!loop.ok()) {
-      started.set_value(loop.status());
+      started->set_value(loop.status());
       return;
     }
     loop_ = *std::move(loop);
     if (context_->delivery_enabled) {
       absl::Status s = StartDelivery();
       if (!s.ok()) {
-        started.set_value(s);
+        started->set_value(s);
         return;
       }
     }
-    started.set_value(absl::OkStatus());
+    started->set_value(absl::OkStatus());
     // Shards post to each other (recovered and accepted messages go to their home and
     // owner shards): nothing may be posted before every shard's loop exists.
     context_->all_started.wait();
@@ -437,6 +446,10 @@ void Shard::ShutdownOnLoop() {
     for (const auto& [id, conn] : connections_) conns.push_back(conn);
     for (Connection* c : conns) {
       if (c->session().phase() == smtp::Session::Phase::kWaitingCommit) continue;
+      if (c->sending()) {
+        c->Close();  // a client that stopped reading cannot hold the shutdown up
+        continue;
+      }
       c->session().RejectAndClose(
           absl::StrCat("421 4.3.2 ", context_->config->hostname, " Service shutting down"));
       c->AfterSessionCall();
@@ -524,7 +537,7 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
     Shard* owner = context_->shards[delivery::DeliveryManager::HomeOf(id, context_->shards.size())];
     if (owner == this) {
       Enqueue(std::move(record->envelope), std::move(record->content));
-    } else {
+    } else if (owner->loop_ != nullptr) {  // null only when start-up failed
       owner->loop_->Post([owner, rec = std::move(record)]() mutable {
         owner->Enqueue(std::move(rec->envelope), std::move(rec->content));
       });

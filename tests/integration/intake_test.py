@@ -294,6 +294,31 @@ class TimeoutAndLimitsTest(unittest.TestCase):
         finally:
             m.stop()
 
+    def test_client_that_never_reads_is_dropped_after_the_timeout(self):
+        m = Mtad(limits={"command_timeout_s": 2, "max_connections_per_ip": 1}).start()
+        try:
+            time.sleep(0.2)  # the start-up probe connection must be gone
+            c = RawSmtp(m.port)
+            c.sock.settimeout(2)
+            flood = b"EHLO flood.example\r\n" * 50000
+            with self.assertRaises(socket.timeout):
+                for _ in range(200):
+                    c.sock.sendall(flood)
+            # The slot is taken while the stuck connection lives; it must be freed by the
+            # timeout even though our replies can never be delivered.
+            deadline = time.time() + 15
+            while True:
+                probe = RawSmtp(m.port)
+                code = probe.greeting[0]
+                probe.close()
+                if code == 220:
+                    break
+                self.assertLess(time.time(), deadline, "stuck connection never dropped")
+                time.sleep(0.5)
+            c.close()
+        finally:
+            m.stop()
+
     def test_disk_floor_sheds_load_at_greeting(self):
         m = Mtad(spool={"min_free_disk_mb": 1 << 29})
         mtad, _ = harness.binaries()

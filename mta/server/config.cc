@@ -34,6 +34,9 @@ limits:
   command_timeout_s: 300      # idle time allowed while waiting for a command
   data_timeout_s: 180         # idle time allowed while receiving message content
   shutdown_grace_s: 30        # on SIGTERM, time given to sessions in DATA to finish
+http:
+  enabled: true               # the HTTP control listener (GET /healthz)
+  address: 127.0.0.1:8025     # keep it on loopback: it has no authentication yet
 delivery:
   enabled: true               # false: accept and keep mail without delivering it
   helo_name: ""               # name sent in EHLO ("" = server.hostname)
@@ -243,6 +246,15 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(limits.Int("data_timeout_s", 1, 3600, &c.data_timeout_s));
   RETURN_IF_ERROR(limits.Int("shutdown_grace_s", 0, 3600, &c.shutdown_grace_s));
   RETURN_IF_ERROR(limits.Finish());
+
+  MapReader http(top.Get("http"), "http", source);
+  RETURN_IF_ERROR(http.Check());
+  RETURN_IF_ERROR(http.Bool("enabled", &c.http_enabled));
+  RETURN_IF_ERROR(http.String("address", &c.http_address));
+  RETURN_IF_ERROR(http.Finish());
+  if (auto hp = HostPort::Parse(c.http_address); !hp.ok()) {
+    return http.Error(root["http"]["address"], "address", hp.status().message());
+  }
 
   MapReader delivery(top.Get("delivery"), "delivery", source);
   RETURN_IF_ERROR(delivery.Check());

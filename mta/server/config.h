@@ -52,6 +52,9 @@ struct Config {
   uint32_t command_timeout_s = 300;
   uint32_t data_timeout_s = 180;
   uint32_t shutdown_grace_s = 30;
+  // http
+  bool http_enabled = true;
+  std::string http_address = "127.0.0.1:8025";
   // delivery
   bool delivery_enabled = true;
   std::string helo_name;  // "" = hostname

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "auth/tls_context.h"
+#include "metrics/http_server.h"
 #include "mta/base/log.h"
 #include "mta/delivery/delivery_manager.h"
 #include "mta/server/config.h"
@@ -113,6 +114,29 @@ absl::Status ConfigureDelivery(const Config& config, ServerContext* context) {
   context->dns.servers = config.dns_servers;
   context->dns.query_timeout_ms = static_cast<int>(config.dns_timeout_ms);
   return absl::OkStatus();
+}
+
+// GET /healthz: 200 with a JSON summary while the spool can take mail, else 503. Runs on
+// the HTTP server's thread and reads only thread-safe state.
+metrics::HttpResponse HandleHttp(const std::string& method, const std::string& path,
+                                 const queue::Spool& spool,
+                                 const std::vector<std::unique_ptr<Shard>>& shards) {
+  if (path != "/healthz") return {.status = 404, .body = "not found\n"};
+  if (method != "GET" && method != "HEAD") return {.status = 405, .body = "use GET\n"};
+  uint64_t queued = 0;
+  for (const auto& shard : shards) queued += shard->queued_messages();
+  bool healthy = spool.Healthy();
+  std::string reason = healthy ? "" : spool.HealthReason();
+  std::string escaped;
+  for (char c : reason) {
+    if (c == '"' || c == '\\') escaped.push_back('\\');
+    if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
+  }
+  return {.status = healthy ? 200 : 503,
+          .content_type = "application/json",
+          .body = absl::StrCat("{\"status\":\"", healthy ? "ok" : "unhealthy",
+                               "\",\"spool_reason\":\"", escaped, "\",\"shards\":", shards.size(),
+                               ",\"queued_messages\":", queued, "}\n")};
 }
 
 int Run(int argc, char** argv) {
@@ -237,10 +261,29 @@ int Run(int argc, char** argv) {
     }
   }
   all_started.set_value();
+  std::unique_ptr<metrics::HttpServer> http;
+  if (config.http_enabled) {
+    auto address = HostPort::Parse(config.http_address);
+    if (!address.ok()) return Fail(std::string(address.status().message()));
+    queue::Spool* spool_ptr = spool->get();
+    auto server = metrics::HttpServer::Start(
+        *address, [spool_ptr, &shards](const std::string& method, const std::string& path) {
+          return HandleHttp(method, path, *spool_ptr, shards);
+        });
+    if (!server.ok()) {
+      for (auto& shard : shards) shard->BeginShutdown();
+      for (auto& shard : shards) shard->Join();
+      loader.reset();
+      (*spool)->Shutdown();
+      return Fail(std::string(server.status().message()));
+    }
+    http = *std::move(server);
+  }
   std::vector<std::string> addresses;
   for (const ListenerConfig& l : config.listeners) addresses.push_back(l.address);
-  MTA_LOG_INFO("mtad ready: %d shards, SMTP on %s, hostname %s", shards.size(),
-               absl::StrJoin(addresses, ", "), config.hostname);
+  MTA_LOG_INFO("mtad ready: %d shards, SMTP on %s, HTTP on %s, hostname %s", shards.size(),
+               absl::StrJoin(addresses, ", "), config.http_enabled ? config.http_address : "off",
+               config.hostname);
 
   for (;;) {
     int sig = 0;
@@ -252,6 +295,7 @@ int Run(int argc, char** argv) {
     MTA_LOG_INFO("signal %d: shutting down (grace %d s)", sig, config.shutdown_grace_s);
     break;
   }
+  http.reset();  // no more requests reading shard state
   for (auto& shard : shards) shard->BeginShutdown();
   for (auto& shard : shards) shard->Join();
   uint64_t queued = 0;

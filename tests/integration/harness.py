@@ -60,6 +60,7 @@ class Mtad:
         self.spool = {"path": os.path.join(self.workdir, "spool"), "min_free_disk_mb": 0}
         self.spool.update(spool or {})
         self.preexec_fn = preexec_fn
+        self.http_port = free_port()
         # Delivery stays off unless a test configures it: tests never reach real MX hosts.
         self.delivery = {"enabled": False} if delivery is None else delivery
         self.proc = None
@@ -72,6 +73,8 @@ class Mtad:
         lines.append("spool:")
         for k, v in self.spool.items():
             lines.append(f"  {k}: {json.dumps(v)}")
+        lines.append("http:")
+        lines.append(f'  address: "127.0.0.1:{self.http_port}"')
         if self.delivery:
             lines.append("delivery:")
             for k, v in self.delivery.items():

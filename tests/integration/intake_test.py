@@ -1,6 +1,7 @@
 """Integration tests: a real mtad, real sockets, Python's smtplib and raw SMTP."""
 
 import os
+import json
 import resource
 import smtplib
 import socket
@@ -8,6 +9,8 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import harness
 from harness import Mtad, RawSmtp, strip_received
@@ -340,6 +343,12 @@ class TimeoutAndLimitsTest(unittest.TestCase):
             code, text = c.greeting
             self.assertEqual(code, 421)
             self.assertIn("free disk", text)
+            with self.assertRaises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{m.http_port}/healthz", timeout=5)
+            self.assertEqual(err.exception.code, 503)
+            health = json.loads(err.exception.read())
+            self.assertEqual(health["status"], "unhealthy")
+            self.assertIn("free disk", health["spool_reason"])
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -460,6 +469,28 @@ class HeaderTest(unittest.TestCase):
         self.send_bare(m)
         m.stop()
         self.assertEqual(strip_received(m.dump()[0]["content"]), b"Subject: no ids\r\n\r\nbody\r\n")
+
+
+class HttpTest(unittest.TestCase):
+
+    def test_healthz_reports_ok_and_queue(self):
+        m = Mtad().start()
+        try:
+            send = smtplib.SMTP("127.0.0.1", m.port, timeout=10)
+            send.sendmail("a@example.com", ["b@example.net"], MSG)
+            send.quit()
+            with urllib.request.urlopen(f"http://127.0.0.1:{m.http_port}/healthz",
+                                        timeout=5) as r:
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["Content-Type"], "application/json")
+                health = json.loads(r.read())
+            self.assertEqual(health["status"], "ok")
+            self.assertEqual(health["shards"], 2)
+            with self.assertRaises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{m.http_port}/nope", timeout=5)
+            self.assertEqual(err.exception.code, 404)
+        finally:
+            m.stop()
 
 
 class ConfigCliTest(unittest.TestCase):

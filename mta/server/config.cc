@@ -29,6 +29,7 @@ limits:
   max_message_bytes: 26214400 # largest message accepted (552 5.3.4 beyond), advertised in SIZE
   max_recipients: 1000        # recipients per message (452 4.5.3 beyond)
   max_errors: 20              # protocol errors before the session is closed with 421
+  max_hops: 50                # Received: fields beyond which a message is a loop (554 5.4.6)
   max_connections: 10000      # concurrent inbound connections in total (421 beyond)
   max_connections_per_ip: 500 # concurrent inbound connections per client address (421 beyond)
   command_timeout_s: 300      # idle time allowed while waiting for a command
@@ -240,6 +241,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(limits.Int("max_message_bytes", 1024, 1ull << 31, &c.max_message_bytes));
   RETURN_IF_ERROR(limits.Int("max_recipients", 1, 100000, &c.max_recipients));
   RETURN_IF_ERROR(limits.Int("max_errors", 1, 1000, &c.max_errors));
+  RETURN_IF_ERROR(limits.Int("max_hops", 2, 1000, &c.max_hops));
   RETURN_IF_ERROR(limits.Int("max_connections", 1, 1000000, &c.max_connections));
   RETURN_IF_ERROR(limits.Int("max_connections_per_ip", 1, 1000000, &c.max_connections_per_ip));
   RETURN_IF_ERROR(limits.Int("command_timeout_s", 1, 3600, &c.command_timeout_s));

@@ -47,6 +47,7 @@ struct Config {
   uint64_t max_message_bytes = 26214400;
   uint32_t max_recipients = 1000;
   uint32_t max_errors = 20;
+  uint32_t max_hops = 50;
   uint32_t max_connections = 10000;
   uint32_t max_connections_per_ip = 500;
   uint32_t command_timeout_s = 300;

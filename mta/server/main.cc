@@ -70,6 +70,7 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     s.max_message_bytes = config.max_message_bytes;
     s.max_recipients = config.max_recipients;
     s.max_errors = config.max_errors;
+    s.max_hops = config.max_hops;
     s.add_missing_headers = l.add_missing_headers;
     for (const std::string& d : config.local_domains)
       s.local_domains.insert(absl::AsciiStrToLower(d));

@@ -462,7 +462,13 @@ void Session::FinishContent() {
     ResetTransaction();
     return Reply(error);
   }
-  if (config_.add_missing_headers) AddMissingHeaders();
+  HeaderFacts facts = ScanHeaders();
+  // RFC 5321 section 6.3: counting Received: fields catches mail loops (ours makes one more).
+  if (facts.received + 1 > config_.max_hops) {
+    ResetTransaction();
+    return Reply("554 5.4.6 Message rejected: too many hops (mail loop?)");
+  }
+  if (config_.add_missing_headers) AddMissingHeaders(facts);
   auto record = std::make_unique<queue::SpoolRecord>();
   record->envelope = *std::move(txn_.envelope);
   record->content = std::move(txn_.content);
@@ -479,9 +485,9 @@ void Session::FinishContent() {
   delegate_->Submit(std::move(record));
 }
 
-void Session::AddMissingHeaders() {
-  std::string& c = txn_.content;
-  bool has_message_id = false, has_date = false;
+Session::HeaderFacts Session::ScanHeaders() const {
+  const std::string& c = txn_.content;
+  HeaderFacts facts;
   size_t pos = txn_.header_offset;
   while (pos < c.size()) {
     size_t eol = c.find("\r\n", pos);
@@ -490,17 +496,22 @@ void Session::AddMissingHeaders() {
     if (line.empty()) break;  // end of the header section
     if (line[0] != ' ' && line[0] != '\t') {
       if (line.find(':') == absl::string_view::npos) break;  // not a header: body starts
-      if (absl::StartsWithIgnoreCase(line, "Message-ID:")) has_message_id = true;
-      if (absl::StartsWithIgnoreCase(line, "Date:")) has_date = true;
+      if (absl::StartsWithIgnoreCase(line, "Message-ID:")) facts.has_message_id = true;
+      if (absl::StartsWithIgnoreCase(line, "Date:")) facts.has_date = true;
+      if (absl::StartsWithIgnoreCase(line, "Received:")) ++facts.received;
     }
     pos = eol + 2;
   }
+  return facts;
+}
+
+void Session::AddMissingHeaders(const HeaderFacts& facts) {
   std::string extra;
-  if (!has_message_id) {
+  if (!facts.has_message_id) {
     absl::StrAppend(&extra, "Message-ID: <", txn_.envelope->id, "@", config_.hostname, ">\r\n");
   }
-  if (!has_date) absl::StrAppend(&extra, "Date: ", Rfc5322Date(delegate_->Now()), "\r\n");
-  if (!extra.empty()) c.insert(txn_.header_offset, extra);
+  if (!facts.has_date) absl::StrAppend(&extra, "Date: ", Rfc5322Date(delegate_->Now()), "\r\n");
+  if (!extra.empty()) txn_.content.insert(txn_.header_offset, extra);
 }
 
 void Session::OnCommitDone(const absl::Status& status, const std::string& queue_id) {

@@ -28,6 +28,7 @@ struct SessionConfig {
   uint64_t max_message_bytes = 25 * 1024 * 1024;
   uint32_t max_recipients = 1000;
   uint32_t max_errors = 20;
+  uint32_t max_hops = 50;           // Received: fields (ours included) beyond which a message loops
   bool add_missing_headers = true;  // submission role: add Message-ID and Date if missing
   absl::flat_hash_set<std::string> local_domains;  // lower-case; mail accepted from anyone
 };
@@ -109,7 +110,13 @@ class Session {
   bool ConsumeContent();  // false when more input is needed
   void StartContent(bool bdat);
   void FinishContent();
-  void AddMissingHeaders();
+  struct HeaderFacts {
+    bool has_message_id = false;
+    bool has_date = false;
+    uint32_t received = 0;  // Received: fields the client sent
+  };
+  HeaderFacts ScanHeaders() const;
+  void AddMissingHeaders(const HeaderFacts& facts);
   void ResetTransaction();
   void Reply(absl::string_view line);
   void ReplyError(absl::string_view line);  // counts toward max_errors

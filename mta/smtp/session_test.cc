@@ -1107,3 +1107,28 @@ TEST_F(SessionTest, TimeoutDuringData) {
 
 }  // namespace
 }  // namespace mta::smtp
+
+namespace mta::smtp {
+namespace {
+
+TEST_F(SessionTest, TooManyReceivedHeadersIsALoop) {
+  config_.max_hops = 3;
+  Start(/*relay_allowed=*/true);
+  BeginTransaction("<a@example.com>", {"<b@example.org>"});
+  // Two Received: fields plus ours make three hops: still accepted.
+  std::string two =
+      "Received: from a\r\nReceived: from b\r\n\tfolded\r\nSubject: x\r\n\r\nbody\r\n";
+  ASSERT_NE(SendMessage(two), nullptr);
+  // A Received: in the body does not count; a third one in the header does.
+  EXPECT_EQ(Send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"),
+            Replies({kMailOk, kRcptOk, kDataGo}));
+  std::string three =
+      "Received: from a\r\nReceived: from b\r\nreceived: from c\r\nSubject: x\r\n\r\n"
+      "Received: in the body\r\n.\r\n";
+  EXPECT_EQ(Send(three), Replies({"554 5.4.6 Message rejected: too many hops (mail loop?)"}));
+  EXPECT_EQ(delegate_.submitted.size(), 1u);
+  EXPECT_EQ(Send("NOOP\r\n"), Replies({"250 2.0.0 Ok"}));  // the session goes on
+}
+
+}  // namespace
+}  // namespace mta::smtp

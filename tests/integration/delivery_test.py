@@ -274,6 +274,30 @@ class ExpiryAndCrashTest(unittest.TestCase):
         finally:
             m.stop()
 
+    def test_notify_delay_gets_one_delay_dsn(self):
+        m = Mtad(server={"hostname": "mta.test"},
+                 delivery=delivery_config(self.nsd, self.port, delay_warning="2s")).start()
+        try:
+            c = harness.RawSmtp(m.port)
+            c.cmd("EHLO client.test")
+            c.cmd("MAIL FROM:<s@sender.test>")
+            self.assertEqual(c.cmd("RCPT TO:<veryslow@dest.test> NOTIFY=DELAY,FAILURE")[0], 250)
+            c.cmd("DATA")
+            c.send(message("delayed") + b".\r\n")
+            self.assertEqual(c.reply()[0], 250)
+            c.close()
+            _, dsn = dsn_for(self.sink, "veryslow@dest.test", timeout=30)
+            status = dsn.as_string()
+            self.assertIn("Action: delayed", status)
+            self.assertIn("Subject: Delayed Mail", status)
+            time.sleep(3)  # further deferrals must not repeat the notice
+            import base64
+            notices = [x for x in self.sink.messages() if x["local_ip"] == "127.0.0.4" and
+                       b"Subject: delayed" in base64.b64decode(x["data_b64"])]
+            self.assertEqual(len(notices), 1)
+        finally:
+            m.stop()
+
     def test_kill9_during_delivery_loses_nothing_and_repeats_nothing(self):
         m = Mtad(server={"hostname": "mta.test"},
                  delivery=delivery_config(self.nsd, self.port, retry_intervals="2s"))

@@ -183,6 +183,7 @@ void Session::HandleCommand(absl::string_view line) {
     case Verb::kQuit:
       return Close("221 2.0.0 Bye");
     case Verb::kVrfy:
+      if (cmd.args.empty()) return ReplyError("501 5.5.4 Syntax: VRFY address");
       return Reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
     case Verb::kExpn:
       return ReplyError("502 5.5.1 Error: EXPN not implemented");

@@ -1132,3 +1132,16 @@ TEST_F(SessionTest, TooManyReceivedHeadersIsALoop) {
 
 }  // namespace
 }  // namespace mta::smtp
+
+namespace mta::smtp {
+namespace {
+
+TEST_F(SessionTest, VrfyNeedsAnArgument) {
+  Start();
+  EXPECT_EQ(Send("VRFY\r\n"), Replies({"501 5.5.4 Syntax: VRFY address"}));
+  EXPECT_EQ(Send("VRFY someone\r\n"),
+            Replies({"252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"}));
+}
+
+}  // namespace
+}  // namespace mta::smtp

@@ -6,18 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
+#include "benchmarks/smtp/bench_message.h"
 #include "mta/smtp/client_session.h"
 
 namespace mta::smtp {
 namespace {
-
-std::string MakeMessage(size_t bytes) {
-  std::string m =
-      "From: sender@example.com\r\nTo: rcpt@example.net\r\nSubject: benchmark\r\n"
-      "Message-ID: <bench@example.com>\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\n\r\n";
-  while (m.size() < bytes) m += ".leading dot line and some more text to fill 76 columns....\r\n";
-  return m;
-}
 
 std::unique_ptr<ClientSession> ReadySession(bool chunking) {
   ClientSessionOptions options;
@@ -49,7 +42,7 @@ size_t DrainAll(ClientSession& s) {
 void BM_ClientDataTransaction(benchmark::State& state) {
   std::unique_ptr<ClientSession> s = ReadySession(/*chunking=*/false);
   if (s == nullptr) return state.SkipWithError("Create failed");
-  const std::string content = MakeMessage(state.range(0));
+  const std::string content = MakeBenchMessage(state.range(0));
   std::string replies = "250 2.1.0 Ok\r\n";
   OutboundMessage m;
   m.sender = "sender@example.com";
@@ -77,7 +70,7 @@ BENCHMARK(BM_ClientDataTransaction)->Args({1024, 1})->Args({100 * 1024, 1})->Arg
 void BM_ClientBdatTransaction(benchmark::State& state) {
   std::unique_ptr<ClientSession> s = ReadySession(/*chunking=*/true);
   if (s == nullptr) return state.SkipWithError("Create failed");
-  const std::string content = MakeMessage(state.range(0));
+  const std::string content = MakeBenchMessage(state.range(0));
   OutboundMessage m;
   m.sender = "sender@example.com";
   m.content = &content;

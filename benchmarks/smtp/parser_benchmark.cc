@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
+#include "benchmarks/smtp/bench_message.h"
 #include "mta/smtp/address.h"
 #include "mta/smtp/command.h"
 #include "mta/smtp/data_framer.h"
@@ -12,14 +13,6 @@
 
 namespace mta::smtp {
 namespace {
-
-std::string MakeMessage(size_t bytes) {
-  std::string m =
-      "From: sender@example.com\r\nTo: rcpt@example.net\r\nSubject: benchmark\r\n"
-      "Message-ID: <bench@example.com>\r\nDate: Fri, 04 Dec 2026 10:00:00 +0000\r\n\r\n";
-  while (m.size() < bytes) m += ".leading dot line and some more text to fill 76 columns....\r\n";
-  return m;
-}
 
 std::string DotStuffed(const std::string& m) {
   std::string out;
@@ -47,7 +40,7 @@ void BM_ParseCommand(benchmark::State& state) {
 BENCHMARK(BM_ParseCommand);
 
 void BM_DataFramer(benchmark::State& state) {
-  std::string wire = DotStuffed(MakeMessage(state.range(0)));
+  std::string wire = DotStuffed(MakeBenchMessage(state.range(0)));
   std::string out;
   out.reserve(wire.size());
   for (auto _ : state) {
@@ -80,7 +73,7 @@ void BM_SessionTransaction(benchmark::State& state) {
     absl::StrAppend(&envelope, "RCPT TO:<rcpt", i, "@example.net>\r\n");
   }
   envelope += "DATA\r\n";
-  std::string body = DotStuffed(MakeMessage(state.range(0)));
+  std::string body = DotStuffed(MakeBenchMessage(state.range(0)));
   for (auto _ : state) {
     session.output().clear();
     session.OnInput(envelope);

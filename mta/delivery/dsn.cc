@@ -4,13 +4,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "mta/base/rfc5322_date.h"
 
 namespace mta::delivery {
 namespace {
-
-std::string Rfc5322Date(absl::Time t) {
-  return absl::FormatTime("%a, %d %b %Y %H:%M:%S +0000", t, absl::UTCTimeZone());
-}
 
 // Header and DSN field values must be one line of printable text.
 std::string OneLine(absl::string_view s, size_t max_len = 900) {

@@ -12,6 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "mta/smtp/address.h"
+#include "mta/smtp/command.h"
+#include "mta/smtp/content_scan.h"
+#include "mta/smtp/reply_line.h"
 
 namespace mta::smtp {
 namespace {
@@ -49,119 +52,6 @@ std::string Sanitize(absl::string_view s) {
   return out;
 }
 
-struct ReplyLine {
-  int code = 0;
-  bool last = false;
-  absl::string_view text;
-};
-
-// RFC 5321 section 4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF )
-//                                      Reply-code [ SP textstring ] CRLF
-// with the first digit 2-5 and the second 0-5 (section 4.2.1).
-std::optional<ReplyLine> ParseReplyLine(absl::string_view line) {
-  if (line.size() < 3) return std::nullopt;
-  if (line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' || line[2] < '0' ||
-      line[2] > '9') {
-    return std::nullopt;
-  }
-  ReplyLine out;
-  out.code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-  if (line.size() == 3) {
-    out.last = true;  // "250" alone: a final line without text (tolerated per 4.2)
-    return out;
-  }
-  if (line[3] == ' ') {
-    out.last = true;
-  } else if (line[3] != '-') {
-    return std::nullopt;
-  }
-  out.text = line.substr(4);
-  return out;
-}
-
-// Length of a leading RFC 3463 enhanced status code ("class.subject.detail", subject and
-// detail 1-3 digits) whose class matches the reply code's first digit, or 0.
-size_t EnhancedCodeLength(absl::string_view text, char reply_class) {
-  if (reply_class != '2' && reply_class != '4' && reply_class != '5') return 0;
-  if (text.size() < 5 || text[0] != reply_class || text[1] != '.') return 0;
-  size_t i = 2;
-  for (int part = 0; part < 2; ++part) {
-    size_t start = i;
-    while (i < text.size() && absl::ascii_isdigit(text[i]) && i - start < 4) ++i;
-    size_t digits = i - start;
-    if (digits < 1 || digits > 3) return 0;
-    if (part == 0) {
-      if (i >= text.size() || text[i] != '.') return 0;
-      ++i;
-    }
-  }
-  if (i < text.size() && text[i] != ' ') return 0;
-  return i;
-}
-
-bool Has8Bit(absl::string_view s) {
-  const char* p = s.data();
-  size_t n = s.size();
-  for (; n >= 8; p += 8, n -= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, sizeof(w));
-    if (w & 0x8080808080808080ull) return true;
-  }
-  for (; n > 0; ++p, --n) {
-    if (static_cast<unsigned char>(*p) >= 0x80) return true;
-  }
-  return false;
-}
-
-struct ContentScan {
-  bool eight_bit = false;          // any byte >= 0x80
-  bool eight_bit_headers = false;  // ... in the header section
-  bool bare_line_break = false;    // a CR not followed by LF, or an LF not preceded by CR
-};
-
-// One pass with memchr-speed loops: the content may be tens of megabytes.
-ContentScan ScanContent(absl::string_view c) {
-  ContentScan scan;
-  size_t header_end = 0;
-  if (!absl::StartsWith(c, "\r\n")) {
-    size_t blank = c.find("\r\n\r\n");
-    header_end = blank == absl::string_view::npos ? c.size() : blank + 2;
-  }
-  scan.eight_bit_headers = Has8Bit(c.substr(0, header_end));
-  scan.eight_bit = scan.eight_bit_headers || Has8Bit(c.substr(header_end));
-  size_t lf_count = 0;
-  for (const char* p = c.data();
-       (p = static_cast<const char*>(std::memchr(p, '\n', c.data() + c.size() - p))) != nullptr;
-       ++p) {
-    if (p == c.data() || p[-1] != '\r') {
-      scan.bare_line_break = true;
-      return scan;
-    }
-    ++lf_count;
-  }
-  // Every LF has its CR; any further CR is bare.
-  size_t cr_count = static_cast<size_t>(std::count(c.begin(), c.end(), '\r'));
-  scan.bare_line_break = cr_count != lf_count;
-  return scan;
-}
-
-// RFC 3461 section 4: xtext. '+' and '=' and bytes outside 33..126 become "+XX".
-std::string EncodeXtext(absl::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size());
-  for (unsigned char c : s) {
-    if (c >= 33 && c <= 126 && c != '+' && c != '=') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('+');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xf]);
-    }
-  }
-  return out;
-}
-
 // Validates an outbound address with the intake's own parser; sets *non_ascii.
 bool ValidAddress(absl::string_view address, bool recipient, bool* non_ascii) {
   std::string path = absl::StrCat("<", address, ">");
@@ -174,58 +64,7 @@ bool ValidAddress(absl::string_view address, bool recipient, bool* non_ascii) {
   return true;
 }
 
-std::string NotifyValue(uint8_t notify) {
-  if (notify & queue::kNotifyNever) return "NEVER";
-  std::vector<absl::string_view> items;
-  if (notify & queue::kNotifySuccess) items.push_back("SUCCESS");
-  if (notify & queue::kNotifyFailure) items.push_back("FAILURE");
-  if (notify & queue::kNotifyDelay) items.push_back("DELAY");
-  return absl::StrJoin(items, ",");
-}
-
-// "rfc822;user@example.com" -> "rfc822;user@example.com" xtext-encoded, or "" if the
-// stored value has no usable addr-type (then ORCPT is left out rather than mangled).
-std::string OrcptValue(absl::string_view orcpt) {
-  size_t semi = orcpt.find(';');
-  if (semi == absl::string_view::npos || semi == 0 || semi + 1 == orcpt.size()) return "";
-  absl::string_view type = orcpt.substr(0, semi);
-  for (char c : type) {
-    if (!absl::ascii_isalnum(c) && c != '-') return "";
-  }
-  return absl::StrCat(type, ";", EncodeXtext(orcpt.substr(semi + 1)));
-}
-
 }  // namespace
-
-// ---- Value types ----------------------------------------------------------------------
-
-std::string ServerReply::ToString() const {
-  std::string out = absl::StrCat(code);
-  if (!enhanced.empty()) absl::StrAppend(&out, " ", enhanced);
-  for (const std::string& line : lines) {
-    if (!line.empty()) absl::StrAppend(&out, " ", line);
-  }
-  return out;
-}
-
-std::string ServerCapabilities::ToString() const {
-  if (!esmtp) return "(HELO: no extensions)";
-  std::vector<std::string> items;
-  if (pipelining) items.push_back("PIPELINING");
-  if (size) items.push_back(absl::StrCat("SIZE=", size_max));
-  if (eight_bit_mime) items.push_back("8BITMIME");
-  if (smtputf8) items.push_back("SMTPUTF8");
-  if (chunking) items.push_back("CHUNKING");
-  if (dsn) items.push_back("DSN");
-  if (starttls) items.push_back("STARTTLS");
-  if (enhanced_status_codes) items.push_back("ENHANCEDSTATUSCODES");
-  return absl::StrJoin(items, " ");
-}
-
-size_t TransactionResult::CountDelivered() const {
-  return static_cast<size_t>(std::count_if(recipients.begin(), recipients.end(),
-                                           [](const ServerReply& r) { return r.positive(); }));
-}
 
 // ---- Construction ---------------------------------------------------------------------
 
@@ -478,7 +317,7 @@ void ClientSession::HandleGreeting(ServerReply reply) {
 void ClientSession::HandleEhlo(ServerReply reply) {
   if (reply.positive()) {
     ehlo_reply_ = reply;
-    ParseCapabilities(reply);
+    caps_ = ServerCapabilities::FromEhloReply(reply, caps_.server_name);
     return AfterHello();
   }
   if (reply.permanent() && !helo_fallback_done_) {
@@ -506,49 +345,6 @@ void ClientSession::HandleHelo(ServerReply reply) {
     return FailAndQuit(ClientErrorKind::kHelo, std::move(reply));
   }
   ProtocolError(absl::StrCat("unexpected reply to HELO \"", reply.ToString(), "\""));
-}
-
-void ClientSession::ParseCapabilities(const ServerReply& reply) {
-  std::string name = caps_.server_name;
-  caps_ = ServerCapabilities();
-  caps_.esmtp = true;
-  caps_.server_name = std::move(name);
-  if (!reply.lines.empty()) {
-    absl::string_view first = reply.lines[0];
-    std::string ehlo_name(first.substr(0, first.find(' ')));
-    if (!ehlo_name.empty()) caps_.server_name = std::move(ehlo_name);
-  }
-  // RFC 5321 section 4.1.1.1: the first line is the server's name, each further line is
-  // "keyword [params]"; keywords are case-insensitive.
-  for (size_t i = 1; i < reply.lines.size(); ++i) {
-    absl::string_view line = reply.lines[i];
-    size_t sp = line.find(' ');
-    std::string keyword = absl::AsciiStrToUpper(line.substr(0, sp));
-    absl::string_view params =
-        sp == absl::string_view::npos ? absl::string_view() : line.substr(sp + 1);
-    if (keyword == "PIPELINING") {
-      caps_.pipelining = true;
-    } else if (keyword == "SIZE") {
-      caps_.size = true;
-      uint64_t n = 0;
-      params = absl::StripAsciiWhitespace(params);
-      // RFC 1870 section 4: no value or 0 means no fixed maximum. A malformed value is
-      // treated the same way: the server will still enforce its limit with 552.
-      caps_.size_max = !params.empty() && absl::SimpleAtoi(params, &n) ? n : 0;
-    } else if (keyword == "8BITMIME") {
-      caps_.eight_bit_mime = true;
-    } else if (keyword == "SMTPUTF8") {
-      caps_.smtputf8 = true;
-    } else if (keyword == "CHUNKING") {
-      caps_.chunking = true;
-    } else if (keyword == "DSN") {
-      caps_.dsn = true;
-    } else if (keyword == "STARTTLS") {
-      caps_.starttls = true;
-    } else if (keyword == "ENHANCEDSTATUSCODES") {
-      caps_.enhanced_status_codes = true;
-    }
-  }
 }
 
 void ClientSession::AfterHello() {

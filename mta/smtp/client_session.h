@@ -55,6 +55,13 @@ struct ServerCapabilities {
 
   /** "PIPELINING SIZE=10240000 8BITMIME ...": the negotiated set, for logs. */
   std::string ToString() const;
+  /**
+   * Reads an EHLO reply (RFC 5321 section 4.1.1.1: the server's name, then one
+   * case-insensitive "keyword [params]" per line). `previous_name` stays the server name
+   * when the reply's first line names none.
+   */
+  static ServerCapabilities FromEhloReply(const ServerReply& reply,
+                                          const std::string& previous_name);
 };
 
 /** One recipient of an outbound transaction. */
@@ -320,7 +327,6 @@ class ClientSession {
   void HandleRcpt(uint32_t index, ServerReply reply);
   void HandleData(ServerReply reply);
   void HandleEndOfContent(ServerReply reply);
-  void ParseCapabilities(const ServerReply& reply);
   void AfterHello();
 
   // Transaction steps.

@@ -4,6 +4,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "queue/envelope.h"
 
 namespace mta::smtp {
 namespace {
@@ -107,6 +109,41 @@ absl::StatusOr<std::string> DecodeXtext(absl::string_view xtext) {
     }
   }
   return out;
+}
+
+std::string EncodeXtext(absl::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c >= 33 && c <= 126 && c != '+' && c != '=') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('+');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  return out;
+}
+
+std::string NotifyValue(uint8_t notify) {
+  if (notify & queue::kNotifyNever) return "NEVER";
+  std::vector<absl::string_view> items;
+  if (notify & queue::kNotifySuccess) items.push_back("SUCCESS");
+  if (notify & queue::kNotifyFailure) items.push_back("FAILURE");
+  if (notify & queue::kNotifyDelay) items.push_back("DELAY");
+  return absl::StrJoin(items, ",");
+}
+
+std::string OrcptValue(absl::string_view orcpt) {
+  size_t semi = orcpt.find(';');
+  if (semi == absl::string_view::npos || semi == 0 || semi + 1 == orcpt.size()) return "";
+  absl::string_view type = orcpt.substr(0, semi);
+  for (char c : type) {
+    if (!absl::ascii_isalnum(c) && c != '-') return "";
+  }
+  return absl::StrCat(type, ";", EncodeXtext(orcpt.substr(semi + 1)));
 }
 
 absl::StatusOr<BdatArgs> ParseBdatArgs(absl::string_view args) {

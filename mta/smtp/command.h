@@ -52,6 +52,16 @@ absl::StatusOr<std::vector<EsmtpParam>> ParseEsmtpParams(absl::string_view text)
 
 /** Decodes RFC 3461 xtext ("+XX" hex escapes). */
 absl::StatusOr<std::string> DecodeXtext(absl::string_view xtext);
+/** Encodes RFC 3461 xtext: '+', '=' and bytes outside 33..126 become "+XX". */
+std::string EncodeXtext(absl::string_view s);
+
+/** The NOTIFY= value for queue::NotifyFlags bits, e.g. "SUCCESS,FAILURE". */
+std::string NotifyValue(uint8_t notify);
+/**
+ * The ORCPT= value for a decoded "addr-type;address" ("rfc822;u@x" -> "rfc822;u+40x"
+ * style xtext), or "" when it has no usable addr-type (ORCPT is then left out).
+ */
+std::string OrcptValue(absl::string_view orcpt);
 
 /** Parses "BDAT <size> [LAST]". */
 struct BdatArgs {

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "mta/base/rfc5322_date.h"
 #include "absl/strings/str_split.h"
 #include "mta/smtp/address.h"
 #include "mta/smtp/command.h"
@@ -18,10 +19,6 @@ namespace {
 constexpr size_t kMaxBufferedWhileWaiting = 64 * 1024;
 constexpr size_t kMaxHeloLength = 255;
 constexpr size_t kMaxEnvidLength = 100;
-
-std::string Rfc5322Date(absl::Time t) {
-  return absl::FormatTime("%a, %d %b %Y %H:%M:%S +0000", t, absl::UTCTimeZone());
-}
 
 // Keeps a client-supplied token safe to place inside a header field.
 std::string SanitizeForHeader(absl::string_view s) {

@@ -7,7 +7,7 @@ PACKAGES=(
   # build
   bazel-bootstrap bazel-rules-java g++ clang-format
   liburing-dev librocksdb-dev libabsl-dev libyaml-cpp-dev libc-ares-dev
-  android-libboringssl-dev nlohmann-json3-dev libmicrohttpd-dev
+  android-libboringssl-dev nlohmann-json3-dev libmicrohttpd-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests and benchmarks: real SMTP peers and load tools, a real DNS server
   python3 swaks postfix nsd openssl ca-certificates

@@ -20,7 +20,8 @@ std::string DomainOf(const std::string& address) {
 DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::EventLoop* loop,
                                  queue::Spool* spool, queue::ContentLoader* loader,
                                  queue::QueueIdGenerator* ids, dns::Resolver* resolver,
-                                 DeliveryOptions options, PostFn post,
+                                 DeliveryOptions options,
+                                 std::shared_ptr<const TrafficPolicy> policy, PostFn post,
                                  OpenConnectionFn open_connection)
     : shard_(shard),
       num_shards_(num_shards),
@@ -30,13 +31,19 @@ DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::Eve
       ids_(ids),
       resolver_(resolver),
       options_(std::move(options)),
+      policy_(std::move(policy)),
       post_(std::move(post)),
       open_connection_(std::move(open_connection)) {
   watchdog_timer_ =
       loop_->AddTimer(loop_->Now() + options_.watchdog_interval, [this] { Watchdog(); });
 }
 
-DeliveryManager::~DeliveryManager() { loop_->CancelTimer(watchdog_timer_); }
+DeliveryManager::~DeliveryManager() {
+  loop_->CancelTimer(watchdog_timer_);
+  for (auto& [key, budget] : budgets_) {
+    if (budget->wake_timer != 0) loop_->CancelTimer(budget->wake_timer);
+  }
+}
 
 uint32_t DeliveryManager::OwnerOf(absl::string_view domain_or_site, uint32_t num_shards) {
   return absl::Hash<absl::string_view>()(domain_or_site) % num_shards;
@@ -75,31 +82,28 @@ void DeliveryManager::AddMessage(std::shared_ptr<const DeliveryMessage> message)
   uint32_t attempts = 0;
   for (const queue::Recipient& r : env.recipients) attempts = std::max(attempts, r.attempts);
   for (auto& [domain, indices] : groups) {
-    // Recipients of one message at one domain travel together, up to the per-transaction cap.
-    for (size_t start = 0; start < indices.size();
-         start += options_.max_recipients_per_transaction) {
-      Job job;
-      job.message = message;
-      job.domain = domain;
-      job.attempts = attempts;
-      size_t end = std::min(indices.size(), start + options_.max_recipients_per_transaction);
-      job.recipients.assign(indices.begin() + start, indices.begin() + end);
-      uint32_t owner = OwnerOf(domain, num_shards_);
-      if (owner == shard_) {
-        AddJob(std::move(job), due);
-      } else {
-        post_(owner, [job = std::move(job), due](DeliveryManager& m) mutable {
-          m.AddJob(std::move(job), due);
-        });
-      }
+    // Recipients of one message at one domain travel together; the site splits the job
+    // when its rule caps recipients per transaction.
+    Job job;
+    job.message = message;
+    job.domain = domain;
+    job.attempts = attempts;
+    job.recipients = std::move(indices);
+    uint32_t owner = OwnerOf(domain, num_shards_);
+    if (owner == shard_) {
+      AddJob(std::move(job), due);
+    } else {
+      post_(owner, [job = std::move(job), due](DeliveryManager& m) mutable {
+        m.AddJob(std::move(job), due);
+      });
     }
   }
 }
 
 void DeliveryManager::AddJob(Job job, absl::Time due) {
   // Never rest past the message's expiry: it must expire on time, not at the next retry.
-  absl::Time expiry =
-      absl::FromUnixMillis(job.message->envelope.received_ms) + options_.retry.lifetime;
+  absl::Time expiry = absl::FromUnixMillis(job.message->envelope.received_ms) +
+                      policy_->StreamFor(job.message->envelope.stream).retry.lifetime;
   due = std::min(due, expiry);
   if (due <= loop_->Now()) return Route(std::move(job));
   ++scheduled_;
@@ -110,7 +114,8 @@ void DeliveryManager::AddJob(Job job, absl::Time due) {
 }
 
 void DeliveryManager::Route(Job job) {
-  if (queue::Expired(options_.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
+  const Stream& stream = policy_->StreamFor(job.message->envelope.stream);
+  if (queue::Expired(stream.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
                      loop_->Now())) {
     std::string last_error = job.last_error;
     return SettleAll(
@@ -119,19 +124,33 @@ void DeliveryManager::Route(Job job) {
   }
   delivery::Route route = FindRoute(options_.routes, job.domain, options_.default_tls);
   auto to_site = [this](std::vector<SiteHost> hosts, smtp::TlsPolicy tls, Job job) {
+    std::vector<std::string> names;
+    for (const SiteHost& h : hosts) names.push_back(h.host);
+    const ShapingRule& rule = policy_->RuleFor(job.domain, names);
+    if (Suspended(job, rule.name)) {
+      parked_.push_back(std::move(job));
+      return;
+    }
     std::string key;
     for (const SiteHost& h : hosts) {
       absl::StrAppend(&key, key.empty() ? "" : ",", h.host, ":", h.port);
     }
-    absl::StrAppend(&key, tls == smtp::TlsPolicy::kRequire ? "/require"
-                          : tls == smtp::TlsPolicy::kNone  ? "/none"
-                                                           : "/opportunistic");
-    uint32_t owner = OwnerOf(key, num_shards_);
-    if (owner == shard_) return AddToSite(key, std::move(hosts), tls, std::move(job));
-    post_(owner,
-          [key, hosts = std::move(hosts), tls, job = std::move(job)](DeliveryManager& m) mutable {
-            m.AddToSite(key, std::move(hosts), tls, std::move(job));
-          });
+    absl::StrAppend(&key,
+                    tls == smtp::TlsPolicy::kRequire ? "/require"
+                    : tls == smtp::TlsPolicy::kNone  ? "/none"
+                                                     : "/opportunistic",
+                    "#", rule.name);
+    // Every domain whose MX matches an MX-suffix rule shares one budget, wherever it is.
+    std::string budget_key =
+        rule.match == ShapingRule::Match::kMxSuffix ? absl::StrCat("rule:", rule.name) : key;
+    uint32_t owner = OwnerOf(budget_key, num_shards_);
+    if (owner == shard_) {
+      return AddToSite(key, budget_key, rule.name, std::move(hosts), tls, std::move(job));
+    }
+    post_(owner, [key, budget_key, rule = rule.name, hosts = std::move(hosts), tls,
+                  job = std::move(job)](DeliveryManager& m) mutable {
+      m.AddToSite(key, budget_key, rule, std::move(hosts), tls, std::move(job));
+    });
   };
   if (!route.host.empty()) {
     return to_site({{route.host, route.port}}, route.tls, std::move(job));
@@ -172,17 +191,86 @@ void DeliveryManager::Route(Job job) {
   });
 }
 
-void DeliveryManager::AddToSite(const std::string& key, std::vector<SiteHost> hosts,
+bool DeliveryManager::Suspended(const Job& job, const std::string& rule_name) const {
+  const TrafficPolicy& p = *policy_;
+  return p.suspended_destinations.contains(job.domain) ||
+         p.suspended_destinations.contains(rule_name) ||
+         p.suspended_streams.contains(p.StreamFor(job.message->envelope.stream).name);
+}
+
+void DeliveryManager::AddToSite(const std::string& key, const std::string& budget_key,
+                                const std::string& rule_name, std::vector<SiteHost> hosts,
                                 smtp::TlsPolicy tls, Job job) {
   auto& slot = destinations_[key];
   if (slot == nullptr) {
+    auto& budget = budgets_[budget_key];
+    if (budget == nullptr) {
+      budget = std::make_unique<Budget>();
+      budget->key = budget_key;
+      const ShapingRule* rule = policy_->RuleNamed(rule_name);
+      budget->rule = rule != nullptr ? rule : &policy_->default_rule;
+    }
     slot = std::make_unique<Destination>();
     slot->key = key;
     slot->hosts = std::move(hosts);
     slot->tls = tls;
+    slot->budget = budget.get();
+    budget->sites.push_back(slot.get());
   }
-  slot->ready.push_back(std::move(job));
-  Pump(*slot);
+  Destination& site = *slot;
+  const Stream& stream = policy_->StreamFor(job.message->envelope.stream);
+  auto it = std::find_if(site.queues.begin(), site.queues.end(),
+                         [&](const auto& q) { return q.stream == stream.name; });
+  if (it == site.queues.end()) {
+    // Highest priority first; equal priorities keep the order they appeared in.
+    auto pos = std::find_if(site.queues.begin(), site.queues.end(),
+                            [&](const auto& q) { return q.priority < stream.priority; });
+    it = site.queues.insert(pos, {.stream = stream.name, .priority = stream.priority});
+  }
+  it->jobs.push_back(std::move(job));
+  ++site.ready;
+  Pump(*site.budget);
+}
+
+void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
+  policy_ = std::move(policy);
+  absl::Time now = loop_->Now();
+  for (auto& [key, budget] : budgets_) {
+    // Rules are found again by name; a rule that is gone leaves its sites on the default.
+    const ShapingRule* rule = policy_->RuleNamed(budget->rule->name);
+    budget->rule = rule != nullptr ? rule : &policy_->default_rule;
+    for (auto& [source, lane] : budget->lanes) ConfigureBucket(*budget, lane);
+  }
+  std::vector<Job> reroute = std::move(parked_);
+  parked_.clear();
+  for (auto& [key, site] : destinations_) {
+    // Re-sort by the new priorities, and send what is now suspended back to be parked.
+    for (auto& q : site->queues) {
+      q.priority = policy_->StreamFor(q.stream).priority;
+      for (auto it = q.jobs.begin(); it != q.jobs.end();) {
+        if (Suspended(*it, site->budget->rule->name)) {
+          reroute.push_back(std::move(*it));
+          it = q.jobs.erase(it);
+          --site->ready;
+        } else {
+          ++it;
+        }
+      }
+    }
+    std::stable_sort(site->queues.begin(), site->queues.end(),
+                     [](const auto& a, const auto& b) { return a.priority > b.priority; });
+  }
+  for (Job& job : reroute) {
+    uint32_t owner = OwnerOf(job.domain, num_shards_);
+    if (owner == shard_) {
+      AddJob(std::move(job), now);
+    } else {
+      post_(owner, [job = std::move(job), now](DeliveryManager& m) mutable {
+        m.AddJob(std::move(job), now);
+      });
+    }
+  }
+  for (auto& [key, budget] : budgets_) Pump(*budget);
 }
 
 void DeliveryManager::SettleAll(Job job, const AttemptResult& result) {
@@ -190,35 +278,195 @@ void DeliveryManager::SettleAll(Job job, const AttemptResult& result) {
   Settle(std::move(job), std::move(results), nullptr);
 }
 
-void DeliveryManager::Pump(Destination& dest) {
-  // Idle connections first, then new ones up to the destination's cap.
-  while (!dest.ready.empty() && !dest.idle.empty()) {
-    Destination::IdleWaker waker = std::move(dest.idle.front());
-    dest.idle.pop_front();
-    if (!waker.token.expired()) waker.wake();
+uint32_t DeliveryManager::ConnectionCap(const ShapingRule& rule, const Lane& lane) {
+  return std::max<uint32_t>(1, static_cast<uint32_t>(rule.limits.max_connections * lane.throttle));
+}
+
+void DeliveryManager::ConfigureBucket(const Budget& budget, Lane& lane) {
+  const ShapingLimits& l = budget.rule->limits;
+  lane.bucket.Configure(l.rate_per_second * lane.throttle, l.burst, loop_->Now());
+}
+
+Lane& DeliveryManager::LaneOf(Budget& budget, const std::string& source) {
+  auto [it, inserted] = budget.lanes.try_emplace(source);
+  Lane& lane = it->second;
+  if (inserted) ConfigureBucket(budget, lane);
+  absl::Time now = loop_->Now();
+  const ShapingLimits& l = budget.rule->limits;
+  if (lane.throttle < 1 && now >= lane.suspended_until &&
+      now - lane.throttled_at >= l.restore_interval) {
+    // Backoff eases off one step per quiet interval: the throttle doubles back to 1.
+    lane.throttle = std::min(1.0, lane.throttle * 2);
+    lane.throttled_at = now;
+    ConfigureBucket(budget, lane);
+    MTA_LOG_INFO("shaping: %s via %s: backoff eased, now at %d%% of the limits", budget.key,
+                 source.empty() ? "default source" : source, static_cast<int>(lane.throttle * 100));
   }
-  size_t waiting = dest.ready.size();
-  while (waiting > 0 && dest.connections < options_.max_connections_per_destination) {
-    ++dest.connections;
-    --waiting;
-    open_connection_(dest);
+  return lane;
+}
+
+bool DeliveryManager::LaneOpen(const Lane& lane, const std::string& source, absl::Time now) const {
+  if (now < lane.suspended_until) return false;
+  if (source.empty()) return true;
+  if (policy_->suspended_sources.contains(source)) return false;
+  auto down = source_down_until_.find(source);
+  return down == source_down_until_.end() || now >= down->second;
+}
+
+bool DeliveryManager::StreamUsesSource(const Stream& stream, const std::string& source) const {
+  if (stream.pool < 0) return source.empty();
+  for (const Pool::Member& m : policy_->pools[stream.pool].members) {
+    if (policy_->sources[m.source].name == source) return true;
+  }
+  return false;
+}
+
+const EgressSource* DeliveryManager::PickSource(Budget& budget, int32_t pool,
+                                                bool* none_available) {
+  absl::Time now = loop_->Now();
+  if (pool < 0) {
+    Lane& lane = LaneOf(budget, "");
+    bool open = LaneOpen(lane, "", now) && lane.connections < ConnectionCap(*budget.rule, lane);
+    *none_available = !open;
+    if (!open && now < lane.suspended_until) WakeBudgetAt(budget, lane.suspended_until);
+    return nullptr;
+  }
+  // Smooth weighted round robin over the sources that may open a connection now: over
+  // many connections each source gets its weight's share, interleaved.
+  const Pool& p = policy_->pools[pool];
+  int64_t total = 0;
+  Lane* best = nullptr;
+  const EgressSource* chosen = nullptr;
+  absl::Time retry_at = absl::InfiniteFuture();
+  for (const Pool::Member& m : p.members) {
+    const EgressSource& src = policy_->sources[m.source];
+    Lane& lane = LaneOf(budget, src.name);
+    if (!LaneOpen(lane, src.name, now)) {
+      retry_at = std::min(retry_at, lane.suspended_until);
+      auto down = source_down_until_.find(src.name);
+      if (down != source_down_until_.end()) retry_at = std::min(retry_at, down->second);
+      continue;
+    }
+    if (lane.connections >= ConnectionCap(*budget.rule, lane)) continue;
+    lane.wrr_current += m.weight;
+    total += m.weight;
+    if (best == nullptr || lane.wrr_current > best->wrr_current) {
+      best = &lane;
+      chosen = &src;
+    }
+  }
+  *none_available = best == nullptr;
+  if (best == nullptr) {
+    if (retry_at > now && retry_at != absl::InfiniteFuture()) WakeBudgetAt(budget, retry_at);
+    return nullptr;
+  }
+  best->wrr_current -= total;
+  return chosen;
+}
+
+void DeliveryManager::WakeBudgetAt(Budget& budget, absl::Time when) {
+  if (budget.wake_timer != 0 && budget.wake_at <= when) return;
+  if (budget.wake_timer != 0) loop_->CancelTimer(budget.wake_timer);
+  budget.wake_at = when;
+  budget.wake_timer = loop_->AddTimer(when, [this, key = budget.key] {
+    auto it = budgets_.find(key);
+    if (it == budgets_.end()) return;
+    it->second->wake_timer = 0;
+    it->second->wake_at = absl::InfiniteFuture();
+    Pump(*it->second);
+  });
+}
+
+void DeliveryManager::Pump(Budget& budget) {
+  // Idle connections first: each asks for a job it may carry (a waker that cannot take
+  // one offers itself again, so only the wakers present now are called).
+  for (Destination* site : budget.sites) {
+    size_t n = site->idle.size();
+    while (n-- > 0 && site->ready > 0 && !site->idle.empty()) {
+      Destination::IdleWaker waker = std::move(site->idle.front());
+      site->idle.pop_front();
+      if (!waker.token.expired()) waker.wake();
+    }
+  }
+  // Then new connections, taking turns among the budget's sites.
+  size_t count = budget.sites.size();
+  for (size_t i = 0; i < count; ++i) {
+    Destination& site = *budget.sites[(budget.next_site + i) % count];
+    if (site.ready > 0) OpenConnections(budget, site);
+  }
+  if (count > 0) budget.next_site = (budget.next_site + 1) % count;
+}
+
+void DeliveryManager::OpenConnections(Budget& budget, Destination& site) {
+  // One connection per ready job that no connection (opening or idle) is about to take,
+  // highest-priority streams first.
+  size_t covered = site.connections - std::min(site.connections, site.in_flight);
+  if (site.ready <= covered) return;
+  size_t want = site.ready - covered;
+  for (const auto& q : site.queues) {
+    if (q.jobs.empty()) continue;
+    const Stream& stream = policy_->StreamFor(q.stream);
+    size_t for_stream = std::min(want, q.jobs.size());
+    while (for_stream > 0) {
+      bool none = false;
+      const EgressSource* source = PickSource(budget, stream.pool, &none);
+      if (none) break;
+      Lane& lane = LaneOf(budget, source == nullptr ? std::string() : source->name);
+      if (!lane.bucket.unlimited() && lane.bucket.NextAvailable(loop_->Now()) > loop_->Now()) {
+        // No message may leave from this source before its next token.
+        WakeBudgetAt(budget, lane.bucket.NextAvailable(loop_->Now()));
+        break;
+      }
+      ++lane.connections;
+      ++site.connections;
+      --for_stream;
+      --want;
+      open_connection_(site, source);
+    }
+    if (want == 0) return;
   }
 }
 
-std::optional<Job> DeliveryManager::TakeJob(Destination& dest) {
+std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string& source) {
+  Budget& budget = *site.budget;
   absl::Time now = loop_->Now();
-  while (!dest.ready.empty()) {
-    Job job = std::move(dest.ready.front());
-    dest.ready.pop_front();
-    if (queue::Expired(options_.retry, absl::FromUnixMillis(job.message->envelope.received_ms),
-                       now)) {
-      std::string last_error = job.last_error;  // a deferral past the lifetime expires
-      SettleAll(
-          std::move(job),
-          {.kind = AttemptResult::Kind::kDeferred, .status = "4.4.7", .diagnostic = last_error});
-      continue;
+  Lane& lane = LaneOf(budget, source);
+  if (!LaneOpen(lane, source, now)) return std::nullopt;
+  for (auto& q : site.queues) {
+    const Stream& stream = policy_->StreamFor(q.stream);
+    if (!StreamUsesSource(stream, source)) continue;
+    while (!q.jobs.empty()) {
+      Job& front = q.jobs.front();
+      if (queue::Expired(stream.retry, absl::FromUnixMillis(front.message->envelope.received_ms),
+                         now)) {
+        Job job = std::move(front);
+        q.jobs.pop_front();
+        --site.ready;
+        std::string last_error = job.last_error;  // a deferral past the lifetime expires
+        SettleAll(
+            std::move(job),
+            {.kind = AttemptResult::Kind::kDeferred, .status = "4.4.7", .diagnostic = last_error});
+        continue;
+      }
+      if (!lane.bucket.TryTake(now)) {
+        WakeBudgetAt(budget, lane.bucket.NextAvailable(now));
+        return std::nullopt;
+      }
+      Job job = std::move(front);
+      q.jobs.pop_front();
+      --site.ready;
+      uint32_t cap = budget.rule->limits.max_recipients_per_transaction;
+      if (job.recipients.size() > cap) {
+        // The rest waits at the front for the next transaction.
+        Job rest = job;
+        rest.recipients.erase(rest.recipients.begin(), rest.recipients.begin() + cap);
+        job.recipients.resize(cap);
+        q.jobs.push_front(std::move(rest));
+        ++site.ready;
+      }
+      ++site.in_flight;
+      return job;
     }
-    return job;
   }
   return std::nullopt;
 }
@@ -226,26 +474,83 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& dest) {
 void DeliveryManager::CompleteJob(Destination& dest, Job job, std::vector<AttemptResult> results,
                                   std::shared_ptr<const std::string> content) {
   dest.last_progress = loop_->Now();
+  if (dest.in_flight > 0) --dest.in_flight;
   Settle(std::move(job), std::move(results), std::move(content));
+}
+
+void DeliveryManager::ReturnJob(Destination& site, Job job) {
+  const Stream& stream = policy_->StreamFor(job.message->envelope.stream);
+  auto it = std::find_if(site.queues.begin(), site.queues.end(),
+                         [&](const auto& q) { return q.stream == stream.name; });
+  if (it == site.queues.end()) {
+    auto pos = std::find_if(site.queues.begin(), site.queues.end(),
+                            [&](const auto& q) { return q.priority < stream.priority; });
+    it = site.queues.insert(pos, {.stream = stream.name, .priority = stream.priority});
+  }
+  it->jobs.push_front(std::move(job));
+  ++site.ready;
+  if (site.in_flight > 0) --site.in_flight;
 }
 
 void DeliveryManager::DestinationFailed(Destination& dest, std::vector<Job> failed,
                                         const AttemptResult& reason) {
-  for (Job& j : dest.ready) failed.push_back(std::move(j));
-  dest.ready.clear();
+  dest.in_flight -= std::min<uint32_t>(dest.in_flight, failed.size());  // the taken ones
+  for (auto& q : dest.queues) {
+    for (Job& j : q.jobs) failed.push_back(std::move(j));
+    q.jobs.clear();
+  }
+  dest.ready = 0;
   for (Job& job : failed) SettleAll(std::move(job), reason);
 }
 
-void DeliveryManager::ConnectionClosed(Destination& dest) {
+bool DeliveryManager::ObserveReply(Destination& site, const std::string& source, uint32_t code,
+                                   absl::string_view enhanced, absl::string_view text) {
+  Budget& budget = *site.budget;
+  Lane& lane = LaneOf(budget, source);
+  absl::Time now = loop_->Now();
+  for (const BackoffRule& b : budget.rule->limits.backoff) {
+    if (!b.Matches(code, enhanced, text)) continue;
+    ++backoff_events_;
+    const char* who = source.empty() ? "default source" : source.c_str();
+    lane.throttled_at = now;
+    if (b.action == BackoffRule::Action::kSuspend) {
+      // After the pause the lane restarts at half speed at most, then eases back.
+      lane.suspended_until = std::max(lane.suspended_until, now + b.duration);
+      lane.throttle = std::min(lane.throttle, 0.5);
+      MTA_LOG_WARNING("shaping: %s via %s: suspended for %s after \"%d %s %s\"", budget.key, who,
+                      absl::FormatDuration(b.duration), code, enhanced, text);
+      WakeBudgetAt(budget, lane.suspended_until);
+    } else {
+      lane.throttle = std::max(1.0 / 64, lane.throttle * b.rate_factor);
+      MTA_LOG_WARNING("shaping: %s via %s: slowed to %d%% of the limits after \"%d %s %s\"",
+                      budget.key, who, static_cast<int>(lane.throttle * 100), code, enhanced, text);
+    }
+    ConfigureBucket(budget, lane);
+    return now < lane.suspended_until;
+  }
+  return now < lane.suspended_until;
+}
+
+void DeliveryManager::SourceDown(const std::string& source, absl::string_view why) {
+  absl::Time until = loop_->Now() + options_.source_down_time;
+  source_down_until_[source] = until;
+  MTA_LOG_WARNING("egress: source %s unusable for %s: %s", source,
+                  absl::FormatDuration(options_.source_down_time), why);
+}
+
+void DeliveryManager::ConnectionClosed(Destination& dest, const std::string& source) {
   if (dest.connections > 0) --dest.connections;
-  Pump(dest);
+  Lane& lane = LaneOf(*dest.budget, source);
+  if (lane.connections > 0) --lane.connections;
+  Pump(*dest.budget);
 }
 
 void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
                              std::shared_ptr<const std::string> content) {
   const queue::Envelope& env = job.message->envelope;
   absl::Time now = loop_->Now();
-  bool expired = queue::Expired(options_.retry, absl::FromUnixMillis(env.received_ms), now);
+  const queue::RetryPolicy& retry_policy = policy_->StreamFor(env.stream).retry;
+  bool expired = queue::Expired(retry_policy, absl::FromUnixMillis(env.received_ms), now);
   std::vector<queue::RecipientUpdate> updates;
   std::vector<DsnRecipient> dsn;
   Job retry;
@@ -293,7 +598,7 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
             d.action = DsnAction::kFailed;
             d.status = "4.4.7";
             d.diagnostic = absl::StrCat(
-                "message expired after ", absl::FormatDuration(options_.retry.lifetime),
+                "message expired after ", absl::FormatDuration(retry_policy.lifetime),
                 " in the queue; last error: ", r.diagnostic.empty() ? "none" : r.diagnostic);
             dsn.push_back(d);
           }
@@ -313,7 +618,7 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
     }
     updates.push_back(u);
   }
-  absl::Duration delay = queue::NextRetryDelay(options_.retry, retry.attempts, rng_);
+  absl::Duration delay = queue::NextRetryDelay(retry_policy, retry.attempts, rng_);
   std::string id = env.id;
   // Outcomes are recorded only after the DSNs they cause are durable: a crash in between
   // repeats the attempt (and maybe the DSN), but a bounce is never recorded without its DSN.
@@ -423,23 +728,42 @@ void DeliveryManager::Watchdog() {
   absl::erase_if(destinations_, [](const auto& kv) {
     Destination& d = *kv.second;
     std::erase_if(d.idle, [](const Destination::IdleWaker& w) { return w.token.expired(); });
-    return d.ready.empty() && d.connections == 0 && d.idle.empty();
+    bool forget = d.ready == 0 && d.connections == 0 && d.idle.empty();
+    if (forget) std::erase(d.budget->sites, &d);
+    return forget;
   });
-  for (auto& [domain, dest] : destinations_) {
-    bool stalled = !dest->ready.empty() && dest->idle.empty() &&
-                   dest->connections < options_.max_connections_per_destination;
+  // A budget outlives its sites while it is backing off, so a pause is not forgotten.
+  absl::erase_if(budgets_, [this, now](const auto& kv) {
+    Budget& b = *kv.second;
+    if (!b.sites.empty()) return false;
+    for (const auto& [source, lane] : b.lanes) {
+      if (lane.throttle < 1 || lane.suspended_until > now) return false;
+    }
+    if (b.wake_timer != 0) loop_->CancelTimer(b.wake_timer);
+    return true;
+  });
+  for (auto& [key, dest] : destinations_) {
+    bool stalled = dest->ready > 0 && dest->connections == 0 && dest->budget->wake_timer == 0;
     if (stalled) {
       MTA_LOG_WARNING(
-          "watchdog: destination %s has %d ready jobs and free connection slots "
-          "but no connection in progress",
-          domain, dest->ready.size());
-      Pump(*dest);
-    } else if (!dest->ready.empty() && dest->last_progress != absl::InfinitePast() &&
+          "watchdog: destination %s has %d ready jobs but no connection in progress or planned",
+          key, dest->ready);
+      Pump(*dest->budget);
+    } else if (dest->ready > 0 && dest->last_progress != absl::InfinitePast() &&
                now - dest->last_progress > 10 * options_.watchdog_interval) {
-      MTA_LOG_WARNING("watchdog: destination %s made no progress for %s with %d ready jobs", domain,
-                      absl::FormatDuration(now - dest->last_progress), dest->ready.size());
+      MTA_LOG_WARNING("watchdog: destination %s made no progress for %s with %d ready jobs", key,
+                      absl::FormatDuration(now - dest->last_progress), dest->ready);
     }
   }
+  // Parked jobs still expire on time.
+  std::vector<Job> waiting, expired;
+  for (Job& job : parked_) {
+    const queue::RetryPolicy& r = policy_->StreamFor(job.message->envelope.stream).retry;
+    bool gone = queue::Expired(r, absl::FromUnixMillis(job.message->envelope.received_ms), now);
+    (gone ? expired : waiting).push_back(std::move(job));
+  }
+  parked_ = std::move(waiting);
+  for (Job& job : expired) Route(std::move(job));
   watchdog_timer_ = loop_->AddTimer(now + options_.watchdog_interval, [this] { Watchdog(); });
 }
 

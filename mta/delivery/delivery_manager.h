@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/random/random.h"
 #include "absl/time/time.h"
@@ -18,6 +19,8 @@
 #include "mta/delivery/delivery_types.h"
 #include "mta/delivery/dsn.h"
 #include "mta/delivery/route.h"
+#include "mta/delivery/token_bucket.h"
+#include "mta/delivery/traffic_policy.h"
 #include "mta/event/event_loop.h"
 #include "queue/content_loader.h"
 #include "queue/queue_id.h"
@@ -28,13 +31,12 @@ namespace mta::delivery {
 
 struct DeliveryOptions {
   std::string hostname;  // reporting MTA in DSNs
-  queue::RetryPolicy retry;
-  uint32_t max_connections_per_destination = 10;  // Default: 10
-  uint32_t max_recipients_per_transaction = 100;  // Default: 100
   // A recipient with NOTIFY=DELAY gets one "delayed" DSN once it has waited this long.
   absl::Duration delay_warning_after = absl::Hours(4);
   // How often destinations are checked for stalls. Default: 30 s.
   absl::Duration watchdog_interval = absl::Seconds(30);
+  // How long a source whose bind failed is skipped. Default: 1 min.
+  absl::Duration source_down_time = absl::Minutes(1);
   // Routing: overrides by domain, else MX on smtp_port with default_tls.
   std::vector<Route> routes;
   smtp::TlsPolicy default_tls = smtp::TlsPolicy::kOpportunistic;
@@ -47,24 +49,60 @@ struct SiteHost {
   uint16_t port = 25;
 };
 
-class DeliveryManager;
+struct Destination;
+
+/**
+ * Shaping state of one source at one budget: its connections, message-rate bucket and
+ * backoff. `throttle` (0..1] scales the rule's connection cap and rate while backing off.
+ */
+struct Lane {
+  uint32_t connections = 0;  // open or opening
+  TokenBucket bucket;
+  double throttle = 1.0;
+  absl::Time suspended_until = absl::InfinitePast();
+  absl::Time throttled_at = absl::InfinitePast();  // last backoff step, down or up
+  int64_t wrr_current = 0;                         // smooth weighted round robin
+};
+
+/**
+ * What a shaping rule limits: the sites of one rule whose hosts are the same MX set (the
+ * budget key is the site key), or every site of an MX-suffix rule (key "rule:<name>").
+ * Lives on the shard that owns its key, with all its sites, so limits are exact.
+ */
+struct Budget {
+  std::string key;
+  const ShapingRule* rule = nullptr;             // in the manager's current policy
+  absl::node_hash_map<std::string, Lane> lanes;  // by source name ("" = none); stable refs
+  std::vector<Destination*> sites;
+  size_t next_site = 0;  // round robin over sites when slots free up
+  event::EventLoop::TimerId wake_timer = 0;
+  absl::Time wake_at = absl::InfiniteFuture();
+};
 
 /**
  * The second tier: a *site*, the set of MX hosts (or the next hop) that one or more
- * domains resolve to. Domains that share an MX set share its ready queue, connections
- * and limits. A site lives on the shard chosen by the hash of its key, so its limits are
- * exact without locks. (The first tier, each domain's scheduled jobs, lives on the shard
- * that owns the domain.)
+ * domains resolve to, under one shaping rule. Domains that share an MX set share its ready
+ * queues and connections. Ready jobs wait in one queue per stream, served by stream
+ * priority, then in arrival order.
  */
 struct Destination {
-  std::string key;              // hosts, port and TLS policy, e.g. "mx1.a,mx2.a:25/opportunistic"
+  std::string key;              // e.g. "mx1.a:25,mx2.a:25/opportunistic#default"
   std::vector<SiteHost> hosts;  // by MX preference
   smtp::TlsPolicy tls = smtp::TlsPolicy::kOpportunistic;
-  std::deque<Job> ready;
-  uint32_t connections = 0;  // open or opening
-  // Idle connections waiting for work: calling one hands it the next ready job.
+  Budget* budget = nullptr;
+  struct StreamQueue {
+    std::string stream;
+    int32_t priority = 0;
+    std::deque<Job> jobs;
+  };
+  std::vector<StreamQueue> queues;  // by priority, highest first
+  size_t ready = 0;                 // jobs in all queues
+  uint32_t connections = 0;         // open or opening, over all sources
+  uint32_t in_flight = 0;           // jobs taken by connections and not yet reported
+  // Idle connections waiting for work: calling one makes it ask for the next job.
   struct IdleWaker {
     std::weak_ptr<bool> token;  // expired: the connection is no longer idle
+    std::string source;
     std::function<void()> wake;
   };
   std::deque<IdleWaker> idle;
@@ -82,16 +120,19 @@ struct Destination {
 class DeliveryManager {
  public:
   using PostFn = std::function<void(uint32_t shard, absl::AnyInvocable<void(DeliveryManager&)> fn)>;
-  using OpenConnectionFn = std::function<void(Destination& destination)>;
+  /** Opens one connection for `destination` from `source` (null: the kernel's choice). */
+  using OpenConnectionFn =
+      std::function<void(Destination& destination, const EgressSource* source)>;
 
   /** @param resolver MX look-ups; may be null when every domain has a route. */
   DeliveryManager(uint32_t shard, uint32_t num_shards, event::EventLoop* loop, queue::Spool* spool,
                   queue::ContentLoader* loader, queue::QueueIdGenerator* ids,
-                  dns::Resolver* resolver, DeliveryOptions options, PostFn post,
+                  dns::Resolver* resolver, DeliveryOptions options,
+                  std::shared_ptr<const TrafficPolicy> policy, PostFn post,
                   OpenConnectionFn open_connection);
   ~DeliveryManager();
 
-  /** The shard that owns a domain's scheduled jobs, or a site (by its key). */
+  /** The shard that owns a domain's scheduled jobs, or a budget (by its key). */
   static uint32_t OwnerOf(absl::string_view domain_or_site, uint32_t num_shards);
   /** The home shard of a message. */
   static uint32_t HomeOf(absl::string_view id, uint32_t num_shards);
@@ -100,38 +141,78 @@ class DeliveryManager {
   void AddMessage(std::shared_ptr<const DeliveryMessage> message);
   /** REQUIRES: this shard owns job.domain. Routes `job` to its site at `due`. */
   void AddJob(Job job, absl::Time due);
-  /** REQUIRES: this shard owns the site `key`. Queues a routed job there. */
-  void AddToSite(const std::string& key, std::vector<SiteHost> hosts, smtp::TlsPolicy tls, Job job);
+  /** REQUIRES: this shard owns `budget_key`. Queues a routed job at the site `key`. */
+  void AddToSite(const std::string& key, const std::string& budget_key,
+                 const std::string& rule_name, std::vector<SiteHost> hosts, smtp::TlsPolicy tls,
+                 Job job);
+  /**
+   * Swaps the traffic policy (configuration reload): limits, pools, priorities and
+   * suspensions apply from now on; queued jobs stay queued.
+   */
+  void SetPolicy(std::shared_ptr<const TrafficPolicy> policy);
+  const TrafficPolicy& policy() const { return *policy_; }
 
   // Called by outbound connections of a destination.
-  /** The next ready job, or nullopt; expired jobs are bounced on the way. */
-  std::optional<Job> TakeJob(Destination& destination);
+  /**
+   * The next ready job that `source` may carry now (stream priority first, within the
+   * rate and the rule's recipient cap), or nullopt; expired jobs are bounced on the way.
+   */
+  std::optional<Job> TakeJob(Destination& destination, const std::string& source);
   /** `results[i]` is for `job.recipients[i]`; `content` is the body that was sent. */
   void CompleteJob(Destination& destination, Job job, std::vector<AttemptResult> results,
                    std::shared_ptr<const std::string> content);
+  /** Puts a job back at the front of its queue without counting an attempt (backoff). */
+  void ReturnJob(Destination& destination, Job job);
   /**
    * The site could not be reached at all (every host down or refusing): `reason` applies
    * to every job in `failed` and every ready job.
    */
   void DestinationFailed(Destination& destination, std::vector<Job> failed,
                          const AttemptResult& reason);
-  /** A connection ended; frees its slot and opens more if work is waiting. */
-  void ConnectionClosed(Destination& destination);
+  /**
+   * A reply from the site to a connection from `source`: applies the rule's backoff
+   * patterns. Returns true if the source is now suspended at this destination.
+   */
+  bool ObserveReply(Destination& destination, const std::string& source, uint32_t code,
+                    absl::string_view enhanced, absl::string_view text);
+  /** Binding to `source` failed: it is skipped on this shard for a while. */
+  void SourceDown(const std::string& source, absl::string_view why);
+  /** A connection from `source` ended; frees its slot and opens more if work is waiting. */
+  void ConnectionClosed(Destination& destination, const std::string& source);
 
   // Introspection (tests, logs, metrics).
   size_t messages_at_home() const { return remaining_.size(); }
   const absl::flat_hash_map<std::string, std::unique_ptr<Destination>>& destinations() const {
     return destinations_;
   }
+  const absl::flat_hash_map<std::string, std::unique_ptr<Budget>>& budgets() const {
+    return budgets_;
+  }
   uint64_t delivered() const { return delivered_; }
   uint64_t bounced() const { return bounced_; }
   uint64_t deferred() const { return deferred_; }
   uint64_t scheduled() const { return scheduled_; }
+  size_t parked() const { return parked_.size(); }
+  uint64_t backoff_events() const { return backoff_events_; }
+  /** The effective connection cap of `lane` under `rule` (backoff scales it down). */
+  static uint32_t ConnectionCap(const ShapingRule& rule, const Lane& lane);
 
  private:
   void Route(Job job);
+  /** Jobs of suspended domains, rules or streams wait here until a policy resumes them. */
+  bool Suspended(const Job& job, const std::string& rule_name) const;
   void SettleAll(Job job, const AttemptResult& result);
-  void Pump(Destination& destination);
+  void Pump(Budget& budget);
+  void OpenConnections(Budget& budget, Destination& site);
+  /** A source of `pool` that may open a connection now, by weight; null if none. */
+  const EgressSource* PickSource(Budget& budget, int32_t pool, bool* none_available);
+  /** `lane` for `source`, restored one step if its backoff has aged. */
+  Lane& LaneOf(Budget& budget, const std::string& source);
+  void ConfigureBucket(const Budget& budget, Lane& lane);
+  bool LaneOpen(const Lane& lane, const std::string& source, absl::Time now) const;
+  bool StreamUsesSource(const Stream& stream, const std::string& source) const;
+  /** Runs Pump(budget) at `when` (the earliest of the requested times). */
+  void WakeBudgetAt(Budget& budget, absl::Time when);
   void Settle(Job job, std::vector<AttemptResult> results,
               std::shared_ptr<const std::string> content);
   /** Spools DSNs about `recipients`, then runs `then` on this loop. */
@@ -149,13 +230,17 @@ class DeliveryManager {
   queue::QueueIdGenerator* const ids_;
   dns::Resolver* const resolver_;
   const DeliveryOptions options_;
+  std::shared_ptr<const TrafficPolicy> policy_;
   PostFn post_;
   OpenConnectionFn open_connection_;
   absl::BitGen rng_;
   absl::flat_hash_map<std::string, std::unique_ptr<Destination>> destinations_;  // by key
-  uint64_t scheduled_ = 0;  // jobs waiting for their due time on this shard
+  absl::flat_hash_map<std::string, std::unique_ptr<Budget>> budgets_;            // by key
+  absl::flat_hash_map<std::string, absl::Time> source_down_until_;
+  std::vector<Job> parked_;  // suspended by the policy (domain, rule or stream)
+  uint64_t scheduled_ = 0;   // jobs waiting for their due time on this shard
   absl::flat_hash_map<std::string, uint32_t> remaining_;  // home: non-final recipients
-  uint64_t delivered_ = 0, bounced_ = 0, deferred_ = 0;
+  uint64_t delivered_ = 0, bounced_ = 0, deferred_ = 0, backoff_events_ = 0;
   event::EventLoop::TimerId watchdog_timer_ = 0;
 };
 

@@ -1,5 +1,6 @@
 #include "mta/delivery/delivery_manager.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
@@ -37,28 +38,43 @@ class DeliveryManagerTest : public ::testing::Test {
     ASSERT_TRUE(spool.ok()) << spool.status();
     spool_ = *std::move(spool);
     loader_ = std::make_unique<queue::ContentLoader>(spool_.get());
-    DeliveryOptions o;
-    o.hostname = "mx.test";
-    o.retry.intervals = {absl::Milliseconds(50)};
-    o.retry.jitter = 0;
-    o.retry.lifetime = lifetime_;
-    o.max_connections_per_destination = 2;
-    o.max_recipients_per_transaction = 2;
     // Every test domain has its own next hop, so each is its own site.
     int n = 10;
     for (const char* d : {"one.test", "two.test", "dead.test", "origin.test"}) {
-      o.routes.push_back({.domain = d, .host = absl::StrCat("127.0.0.", n++), .port = 25});
+      options_.routes.push_back({.domain = d, .host = absl::StrCat("127.0.0.", n++), .port = 25});
     }
+    policy_.default_rule.name = "default";
+    policy_.default_rule.limits.max_connections = 2;
+    policy_.default_rule.limits.max_recipients_per_transaction = 2;
+    Stream stream{.name = "default"};
+    stream.retry.intervals = {absl::Milliseconds(50)};
+    stream.retry.jitter = 0;
+    stream.retry.lifetime = lifetime_;
+    policy_.streams = {stream};
+    Start();
+  }
+
+  // (Re)creates the manager with options_ and policy_.
+  void Start() {
+    manager_.reset();
+    opened_.clear();
+    options_.hostname = "mx.test";
     manager_ = std::make_unique<DeliveryManager>(
-        0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, /*resolver=*/nullptr, o,
+        0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, /*resolver=*/nullptr, options_,
+        std::make_shared<const TrafficPolicy>(policy_),
         [this](uint32_t, absl::AnyInvocable<void(DeliveryManager&)> fn) {
           loop_->Post([this, fn = std::move(fn)]() mutable { fn(*manager_); });
         },
-        [this](Destination& d) { opened_.push_back(&d); });
+        [this](Destination& d, const EgressSource* source) {
+          opened_.push_back(&d);
+          opened_sources_.push_back(source == nullptr ? "" : source->name);
+        });
   }
 
   void Close() {
     manager_.reset();
+    options_ = DeliveryOptions();
+    policy_ = TrafficPolicy();
     loader_.reset();
     spool_->Shutdown();
     spool_.reset();
@@ -86,10 +102,12 @@ class DeliveryManagerTest : public ::testing::Test {
 
   // Spools a message and hands it to the manager as intake would.
   std::shared_ptr<DeliveryMessage> Inject(std::vector<std::string> rcpts,
-                                          std::string sender = "sender@origin.test") {
+                                          std::string sender = "sender@origin.test",
+                                          std::string stream = "default") {
     auto record = std::make_unique<queue::SpoolRecord>();
     record->envelope.id = ids_.Next(absl::ToUnixMillis(absl::Now()));
     record->envelope.sender = sender;
+    record->envelope.stream = stream;
     record->envelope.received_ms = absl::ToUnixMillis(absl::Now());
     for (auto& r : rcpts) record->envelope.recipients.push_back({.address = r});
     record->content = "Subject: t\r\n\r\nbody\r\n";
@@ -109,7 +127,7 @@ class DeliveryManagerTest : public ::testing::Test {
   // The site a test domain routes to.
   static std::string Key(absl::string_view domain) {
     int n = domain == "one.test" ? 10 : domain == "two.test" ? 11 : domain == "dead.test" ? 12 : 13;
-    return absl::StrCat("127.0.0.", n, ":25/opportunistic");
+    return absl::StrCat("127.0.0.", n, ":25/opportunistic#default");
   }
   bool HasSite(absl::string_view domain) { return manager_->destinations().contains(Key(domain)); }
   Destination& Site(absl::string_view domain) { return *manager_->destinations().at(Key(domain)); }
@@ -126,7 +144,7 @@ class DeliveryManagerTest : public ::testing::Test {
 
   // Takes one job from `d` and reports `kinds` for its recipients.
   Job Attempt(Destination& d, const std::vector<AttemptResult>& results) {
-    std::optional<Job> job = manager_->TakeJob(d);
+    std::optional<Job> job = manager_->TakeJob(d, "");
     if (!job.has_value()) {
       ADD_FAILURE() << "no ready job";
       return Job();
@@ -143,18 +161,31 @@ class DeliveryManagerTest : public ::testing::Test {
   queue::SpoolPtr spool_;
   std::unique_ptr<queue::ContentLoader> loader_;
   queue::QueueIdGenerator ids_{0, 1};
+  DeliveryOptions options_;
+  TrafficPolicy policy_;
   std::unique_ptr<DeliveryManager> manager_;
   std::vector<Destination*> opened_;
+  std::vector<std::string> opened_sources_;
 };
+
+// The jobs waiting at a site, over all streams.
+std::vector<const Job*> Ready(const Destination& d) {
+  std::vector<const Job*> out;
+  for (const auto& q : d.queues) {
+    for (const Job& j : q.jobs) out.push_back(&j);
+  }
+  return out;
+}
 
 TEST_F(DeliveryManagerTest, GroupsByDomainSplitsBigTransactionsAndRemovesWhenDone) {
   Inject({"a@one.test", "b@two.test", "c@one.test", "d@one.test"});
   ASSERT_EQ(manager_->destinations().size(), 2u);
   Destination& one = Site("one.test");
   Destination& two = Site("two.test");
-  EXPECT_EQ(one.ready.size(), 2u);  // 3 recipients, at most 2 per transaction
-  EXPECT_EQ(one.connections, 2u);   // capped at 2
+  EXPECT_EQ(one.ready, 1u);        // one job for the domain's 3 recipients...
+  EXPECT_EQ(one.connections, 1u);  // one connection per ready job
   EXPECT_EQ(two.connections, 1u);
+  // ...split when taken: at most 2 per transaction.
   Job first = Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                             Result(Kind::kDelivered, "2.0.0", "250 ok")});
   EXPECT_EQ(first.recipients, (std::vector<uint32_t>{0, 2}));
@@ -175,13 +206,13 @@ TEST_F(DeliveryManagerTest, DeferredRecipientsComeBackAfterTheRetryDelay) {
   Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                 Result(Kind::kDeferred, "4.2.0", "450 4.2.0 try later")});
   ASSERT_TRUE(RunUntil([&] { return manager_->scheduled() == 1; }));  // waiting its turn
-  EXPECT_TRUE(one.ready.empty());
-  ASSERT_TRUE(RunUntil([&] { return !one.ready.empty(); }));
+  EXPECT_EQ(one.ready, 0u);
+  ASSERT_TRUE(RunUntil([&] { return one.ready > 0; }));
   EXPECT_GE(absl::Now() - t0, absl::Milliseconds(45));
   EXPECT_EQ(manager_->scheduled(), 0u);
   EXPECT_EQ(manager_->deferred(), 1u);
   EXPECT_EQ(manager_->delivered(), 1u);
-  std::optional<Job> retry = manager_->TakeJob(one);
+  std::optional<Job> retry = manager_->TakeJob(one, "");
   ASSERT_TRUE(retry.has_value());
   EXPECT_EQ(retry->recipients, (std::vector<uint32_t>{1}));
   EXPECT_EQ(retry->attempts, 1u);
@@ -202,11 +233,11 @@ TEST_F(DeliveryManagerTest, BounceSpoolsAndQueuesAnRfc3464Dsn) {
   // The DSN goes to the sender's domain.
   ASSERT_TRUE(RunUntil([&] { return HasSite("origin.test"); }));
   Destination& origin = Site("origin.test");
-  ASSERT_EQ(origin.ready.size(), 1u);
-  const queue::Envelope& dsn = origin.ready.front().message->envelope;
+  ASSERT_EQ(origin.ready, 1u);
+  const queue::Envelope& dsn = Ready(origin)[0]->message->envelope;
   EXPECT_EQ(dsn.sender, "");
   EXPECT_EQ(dsn.recipients[0].address, "sender@origin.test");
-  const std::string& c = *origin.ready.front().message->content;
+  const std::string& c = *Ready(origin)[0]->message->content;
   EXPECT_TRUE(absl::StrContains(c,
                                 "Final-Recipient: rfc822; gone@one.test\r\nAction: failed\r\n"
                                 "Status: 5.1.1\r\nRemote-MTA: dns; mx1.dest.test\r\n"
@@ -219,20 +250,20 @@ TEST_F(DeliveryManagerTest, BounceSpoolsAndQueuesAnRfc3464Dsn) {
   Attempt(origin, {Result(Kind::kBounced, "5.1.1", "550 5.1.1 sender gone too")});
   ASSERT_TRUE(RunUntil([&] { return Spooled().empty(); }));
   EXPECT_EQ(manager_->destinations().size(), 2u);
-  EXPECT_TRUE(origin.ready.empty());
+  EXPECT_EQ(origin.ready, 0u);
 }
 
 TEST_F(DeliveryManagerTest, DestinationFailureAppliesToEveryWaitingJob) {
   Inject({"a@dead.test"});
   Inject({"b@dead.test"}, "");  // from <>: no DSN
   Destination& dead = Site("dead.test");
-  std::optional<Job> taken = manager_->TakeJob(dead);
+  std::optional<Job> taken = manager_->TakeJob(dead, "");
   ASSERT_TRUE(taken.has_value());
   std::vector<Job> failed;
   failed.push_back(*std::move(taken));
   manager_->DestinationFailed(dead, std::move(failed),
                               Result(Kind::kBounced, "5.1.2", "domain does not exist"));
-  EXPECT_TRUE(dead.ready.empty());
+  EXPECT_EQ(dead.ready, 0u);
   ASSERT_TRUE(RunUntil([&] { return HasSite("origin.test"); }));
   EXPECT_EQ(manager_->bounced(), 2u);
   ASSERT_TRUE(RunUntil([&] { return Spooled().size() == 1; }));  // just the one DSN
@@ -247,19 +278,19 @@ TEST_F(DeliveryManagerTest, DeferredPastLifetimeExpiresIntoABounce) {
   // Keep deferring until the lifetime passes; the job must not outlive it.
   absl::Time start = absl::Now();
   while (!HasSite("origin.test")) {
-    if (!one.ready.empty()) {
+    if (one.ready > 0) {
       // Once the lifetime has passed TakeJob itself expires the job instead of handing it out.
-      std::optional<Job> job = manager_->TakeJob(one);
+      std::optional<Job> job = manager_->TakeJob(one, "");
       if (job.has_value()) {
         auto content = job->message->content;
         manager_->CompleteJob(one, *std::move(job),
                               {Result(Kind::kDeferred, "4.4.1", "connection timed out")}, content);
       }
     }
-    ASSERT_TRUE(RunUntil([&] { return !one.ready.empty() || HasSite("origin.test"); }));
+    ASSERT_TRUE(RunUntil([&] { return one.ready > 0 || HasSite("origin.test"); }));
     ASSERT_LT(absl::Now() - start, absl::Seconds(5));
   }
-  const std::string& c = *Site("origin.test").ready.front().message->content;
+  const std::string& c = *Ready(Site("origin.test"))[0]->message->content;
   EXPECT_TRUE(absl::StrContains(c, "Action: failed\r\nStatus: 4.4.7\r\n"));
   EXPECT_TRUE(absl::StrContains(c, "last error: connection timed out"));
 }
@@ -269,7 +300,7 @@ TEST_F(DeliveryManagerTest, RecoveredMessageSkipsRecipientsAlreadyDelivered) {
   Destination& one = Site("one.test");
   Attempt(one, {Result(Kind::kDelivered, "2.0.0", "250 ok"),
                 Result(Kind::kDeferred, "4.0.0", "451 later")});
-  ASSERT_TRUE(RunUntil([&] { return !one.ready.empty(); }));
+  ASSERT_TRUE(RunUntil([&] { return one.ready > 0; }));
   Close();  // "crash" and restart on the same spool
   Open();
   std::vector<queue::Envelope> spooled = Spooled();
@@ -278,8 +309,8 @@ TEST_F(DeliveryManagerTest, RecoveredMessageSkipsRecipientsAlreadyDelivered) {
   msg->envelope = spooled[0];
   manager_->AddMessage(msg);
   Destination& again = Site("one.test");
-  ASSERT_TRUE(RunUntil([&] { return !again.ready.empty(); }));
-  std::optional<Job> job = manager_->TakeJob(again);
+  ASSERT_TRUE(RunUntil([&] { return again.ready > 0; }));
+  std::optional<Job> job = manager_->TakeJob(again, "");
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->recipients, (std::vector<uint32_t>{1}));
 }
@@ -291,33 +322,231 @@ namespace mta::delivery {
 namespace {
 
 TEST_F(DeliveryManagerTest, DomainsWithTheSameHostsShareOneSite) {
-  Close();
-  Open();
   // Re-route two.test to one.test's next hop: they now share one site.
-  manager_.reset();
-  DeliveryOptions o;
-  o.hostname = "mx.test";
-  o.max_connections_per_destination = 1;
-  o.routes = {{.domain = "one.test", .host = "127.0.0.10", .port = 25},
-              {.domain = "two.test", .host = "127.0.0.10", .port = 25}};
-  manager_ = std::make_unique<DeliveryManager>(
-      0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, nullptr, o,
-      [this](uint32_t, absl::AnyInvocable<void(DeliveryManager&)> fn) {
-        loop_->Post([this, fn = std::move(fn)]() mutable { fn(*manager_); });
-      },
-      [this](Destination& d) { opened_.push_back(&d); });
-  opened_.clear();
+  options_.routes = {{.domain = "one.test", .host = "127.0.0.10", .port = 25},
+                     {.domain = "two.test", .host = "127.0.0.10", .port = 25}};
+  policy_.default_rule.limits.max_connections = 1;
+  Start();
   Inject({"a@one.test", "b@two.test"});
   ASSERT_EQ(manager_->destinations().size(), 1u);
   Destination& site = Site("one.test");
-  EXPECT_EQ(site.ready.size(), 2u);  // one job per domain...
-  EXPECT_EQ(site.connections, 1u);   // ...sharing the site's single connection slot
+  EXPECT_EQ(site.ready, 2u);        // one job per domain...
+  EXPECT_EQ(site.connections, 1u);  // ...sharing the site's single connection slot
   EXPECT_EQ(opened_.size(), 1u);
-  std::optional<Job> first = manager_->TakeJob(site);
-  std::optional<Job> second = manager_->TakeJob(site);
+  std::optional<Job> first = manager_->TakeJob(site, "");
+  std::optional<Job> second = manager_->TakeJob(site, "");
   ASSERT_TRUE(first.has_value() && second.has_value());
   EXPECT_EQ(first->domain, "one.test");
   EXPECT_EQ(second->domain, "two.test");
+}
+
+}  // namespace
+}  // namespace mta::delivery
+
+namespace mta::delivery {
+namespace {
+
+// Shaping: sources, pools, priorities, rates, backoff and suspension.
+class ShapingTest : public DeliveryManagerTest {
+ protected:
+  void SetUp() override {
+    DeliveryManagerTest::SetUp();
+    for (int i = 2; i <= 4; ++i) {
+      policy_.sources.push_back({.name = absl::StrCat("ip", i),
+                                 .address = *IpAddress::Parse(absl::StrCat("127.0.0.", i)),
+                                 .ehlo = absl::StrCat("mta", i, ".test")});
+    }
+    policy_.pools = {{.name = "bulk", .members = {{.source = 0, .weight = 3}, {.source = 1}}},
+                     {.name = "tx", .members = {{.source = 2}}}};
+    Stream bulk = policy_.streams[0];
+    bulk.name = "bulk";
+    bulk.pool = 0;
+    Stream tx = bulk;
+    tx.name = "tx";
+    tx.pool = 1;
+    tx.priority = 10;
+    Stream shared = bulk;  // same pool as bulk, higher priority
+    shared.name = "urgent";
+    shared.priority = 5;
+    policy_.streams = {policy_.streams[0], bulk, tx, shared};
+  }
+
+  std::vector<std::string> Streams(const Destination& d) {
+    std::vector<std::string> out;
+    for (const auto& q : d.queues) out.push_back(q.stream);
+    return out;
+  }
+};
+
+TEST_F(ShapingTest, SourcesFollowPoolWeightsWithinTheConnectionCap) {
+  policy_.default_rule.limits.max_connections = 100;
+  Start();
+  std::vector<std::string> rcpts;
+  for (int i = 0; i < 40; ++i) Inject({absl::StrCat("u", i, "@one.test")}, "s@origin.test", "bulk");
+  // One connection per ready job, 3:1 between ip2 and ip3, never ip4 (another pool).
+  ASSERT_EQ(opened_sources_.size(), 40u);
+  EXPECT_EQ(std::count(opened_sources_.begin(), opened_sources_.end(), "ip2"), 30);
+  EXPECT_EQ(std::count(opened_sources_.begin(), opened_sources_.end(), "ip3"), 10);
+  // The first four follow the smooth weighted order.
+  EXPECT_EQ(opened_sources_[0], "ip2");
+  EXPECT_EQ(opened_sources_[1], "ip2");
+  EXPECT_EQ(opened_sources_[2], "ip3");
+  EXPECT_EQ(opened_sources_[3], "ip2");
+}
+
+TEST_F(ShapingTest, ConnectionCapIsPerSource) {
+  policy_.default_rule.limits.max_connections = 2;
+  Start();
+  for (int i = 0; i < 10; ++i) Inject({absl::StrCat("u", i, "@one.test")}, "s@origin.test", "bulk");
+  EXPECT_EQ(opened_sources_.size(), 4u);  // 2 via ip2 + 2 via ip3
+  const Budget& b = *Site("one.test").budget;
+  EXPECT_EQ(b.lanes.at("ip2").connections, 2u);
+  EXPECT_EQ(b.lanes.at("ip3").connections, 2u);
+  manager_->ConnectionClosed(Site("one.test"), "ip3");
+  EXPECT_EQ(opened_sources_.size(), 5u);  // the freed slot is used again
+  EXPECT_EQ(opened_sources_.back(), "ip3");
+}
+
+TEST_F(ShapingTest, HigherPriorityStreamsAreTakenFirst) {
+  Start();
+  Inject({"a@one.test"}, "s@origin.test", "bulk");
+  Inject({"b@one.test"}, "s@origin.test", "bulk");
+  Inject({"c@one.test"}, "s@origin.test", "urgent");
+  Destination& one = Site("one.test");
+  EXPECT_EQ(Streams(one), (std::vector<std::string>{"urgent", "bulk"}));
+  // ip2 carries both streams (same pool): the urgent job goes first, then bulk in order.
+  std::optional<Job> j1 = manager_->TakeJob(one, "ip2");
+  std::optional<Job> j2 = manager_->TakeJob(one, "ip2");
+  ASSERT_TRUE(j1.has_value() && j2.has_value());
+  EXPECT_EQ(j1->message->envelope.recipients[0].address, "c@one.test");
+  EXPECT_EQ(j2->message->envelope.recipients[0].address, "a@one.test");
+}
+
+TEST_F(ShapingTest, ASourceOnlyCarriesStreamsOfItsPools) {
+  Start();
+  Inject({"a@one.test"}, "s@origin.test", "tx");
+  Destination& one = Site("one.test");
+  EXPECT_FALSE(manager_->TakeJob(one, "ip2").has_value());  // bulk pool only
+  EXPECT_FALSE(manager_->TakeJob(one, "").has_value());
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());
+  ASSERT_FALSE(opened_sources_.empty());
+  EXPECT_EQ(opened_sources_[0], "ip4");
+}
+
+TEST_F(ShapingTest, MessageRateIsATokenBucketPerSource) {
+  policy_.default_rule.limits.rate_per_second = 20;  // one token per 50 ms
+  policy_.default_rule.limits.burst = 2;
+  Start();
+  for (int i = 0; i < 6; ++i) Inject({absl::StrCat("u", i, "@one.test")}, "s@origin.test", "tx");
+  Destination& one = Site("one.test");
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());
+  EXPECT_FALSE(manager_->TakeJob(one, "ip4").has_value());  // burst spent
+  EXPECT_NE(one.budget->wake_timer, 0u);                    // a pump is due at the next token
+  absl::Time t0 = absl::Now();
+  ASSERT_TRUE(RunUntil([&] { return absl::Now() - t0 >= absl::Milliseconds(60); }));
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());
+  EXPECT_FALSE(manager_->TakeJob(one, "ip4").has_value());
+}
+
+TEST_F(ShapingTest, RecipientCapSplitsJobsWhenTaken) {
+  policy_.default_rule.limits.max_recipients_per_transaction = 3;
+  Start();
+  Inject({"a@one.test", "b@one.test", "c@one.test", "d@one.test", "e@one.test"});
+  Destination& one = Site("one.test");
+  std::optional<Job> first = manager_->TakeJob(one, "");
+  std::optional<Job> second = manager_->TakeJob(one, "");
+  ASSERT_TRUE(first.has_value() && second.has_value());
+  EXPECT_EQ(first->recipients, (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(second->recipients, (std::vector<uint32_t>{3, 4}));
+  EXPECT_EQ(one.ready, 0u);
+}
+
+TEST_F(ShapingTest, SuspendBackoffPausesTheSourceThenEasesBack) {
+  BackoffRule rule;
+  rule.code = 421;
+  rule.text = std::make_shared<const RE2>("(?i)too many connections");
+  rule.duration = absl::Milliseconds(100);
+  policy_.default_rule.limits.backoff = {rule};
+  policy_.default_rule.limits.max_connections = 4;
+  policy_.default_rule.limits.restore_interval = absl::Milliseconds(100);
+  Start();
+  Inject({"a@one.test"}, "s@origin.test", "tx");
+  Destination& one = Site("one.test");
+  EXPECT_FALSE(manager_->ObserveReply(one, "ip4", 450, "4.2.1", "mailbox busy"));  // no match
+  EXPECT_TRUE(manager_->ObserveReply(one, "ip4", 421, "4.7.0", "Too many connections, slow down"));
+  EXPECT_EQ(manager_->backoff_events(), 1u);
+  EXPECT_FALSE(manager_->TakeJob(one, "ip4").has_value());  // paused
+  const Lane& lane = one.budget->lanes.at("ip4");
+  EXPECT_EQ(DeliveryManager::ConnectionCap(*one.budget->rule, lane), 2u);  // half speed after
+  absl::Time t0 = absl::Now();
+  ASSERT_TRUE(RunUntil([&] { return absl::Now() - t0 >= absl::Milliseconds(110); }));
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());  // released
+  ASSERT_TRUE(RunUntil([&] { return absl::Now() - t0 >= absl::Milliseconds(220); }));
+  manager_->TakeJob(one, "ip4");  // any look at the lane eases it one step
+  EXPECT_EQ(DeliveryManager::ConnectionCap(*one.budget->rule, one.budget->lanes.at("ip4")), 4u);
+}
+
+TEST_F(ShapingTest, SlowBackoffCutsTheRate) {
+  BackoffRule rule;
+  rule.enhanced = "4.7.";
+  rule.action = BackoffRule::Action::kSlow;
+  rule.rate_factor = 0.25;
+  policy_.default_rule.limits.backoff = {rule};
+  policy_.default_rule.limits.max_connections = 8;
+  policy_.default_rule.limits.restore_interval = absl::Hours(1);
+  Start();
+  Inject({"a@one.test"}, "s@origin.test", "tx");
+  Destination& one = Site("one.test");
+  EXPECT_FALSE(manager_->ObserveReply(one, "ip4", 451, "4.7.1", "rate limited"));
+  EXPECT_EQ(DeliveryManager::ConnectionCap(*one.budget->rule, one.budget->lanes.at("ip4")), 2u);
+  EXPECT_TRUE(manager_->TakeJob(one, "ip4").has_value());  // slowed, not paused
+}
+
+TEST_F(ShapingTest, MxSuffixRuleSharesOneBudgetAcrossSites) {
+  ShapingRule big{.name = "bigmail", .match = ShapingRule::Match::kMxSuffix, .pattern = ".0.10"};
+  big.limits.max_connections = 1;
+  policy_.rules = {big};
+  options_.routes = {{.domain = "one.test", .host = "127.0.0.10", .port = 25},
+                     {.domain = "two.test", .host = "127.0.0.10", .port = 26}};
+  Start();
+  Inject({"a@one.test", "b@two.test"});
+  // Two sites (different ports) under one budget with one connection slot between them.
+  ASSERT_EQ(manager_->destinations().size(), 2u);
+  ASSERT_EQ(manager_->budgets().size(), 1u);
+  EXPECT_EQ(manager_->budgets().begin()->first, "rule:bigmail");
+  EXPECT_EQ(opened_.size(), 1u);
+}
+
+TEST_F(ShapingTest, SuspendedDomainsAndStreamsWaitUntilAReloadResumesThem) {
+  policy_.suspended_destinations = {"one.test"};
+  policy_.suspended_streams = {"tx"};
+  Start();
+  Inject({"a@one.test"});
+  Inject({"b@two.test"}, "s@origin.test", "tx");
+  Inject({"c@two.test"});
+  EXPECT_EQ(manager_->parked(), 2u);
+  EXPECT_FALSE(HasSite("one.test"));
+  EXPECT_EQ(Site("two.test").ready, 1u);
+  // Resume the domain, suspend another: parked mail moves, queued mail is parked.
+  TrafficPolicy next = policy_;
+  next.suspended_destinations = {"two.test"};
+  next.suspended_streams.clear();
+  manager_->SetPolicy(std::make_shared<const TrafficPolicy>(next));
+  ASSERT_TRUE(RunUntil([&] { return HasSite("one.test") && manager_->parked() == 2u; }));
+  EXPECT_EQ(Site("one.test").ready, 1u);
+  EXPECT_EQ(Site("two.test").ready, 0u);
+}
+
+TEST_F(ShapingTest, SuspendedSourceIsSkipped) {
+  policy_.suspended_sources = {"ip2"};
+  policy_.default_rule.limits.max_connections = 100;
+  Start();
+  for (int i = 0; i < 5; ++i) Inject({absl::StrCat("u", i, "@one.test")}, "s@origin.test", "bulk");
+  EXPECT_EQ(std::count(opened_sources_.begin(), opened_sources_.end(), "ip3"), 5);
+  EXPECT_FALSE(manager_->TakeJob(Site("one.test"), "ip2").has_value());
+  manager_->SourceDown("ip3", "bind failed");
+  EXPECT_FALSE(manager_->TakeJob(Site("one.test"), "ip3").has_value());
 }
 
 }  // namespace

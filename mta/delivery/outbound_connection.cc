@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "auth/tls_channel.h"
 #include "auth/tls_context.h"
 #include "mta/base/log.h"
@@ -53,12 +54,19 @@ AttemptResult FromReply(const ServerReply& reply, const std::string& host, bool 
 
 class Connection {
  public:
-  Connection(OutboundContext* ctx, Destination* dest)
+  Connection(OutboundContext* ctx, Destination* dest, const EgressSource* source)
       : ctx_(ctx), dest_(dest), alive_(std::make_shared<bool>(true)) {
     tls_policy_ = dest->tls;
+    if (source != nullptr) {
+      source_ = *source;
+      source_name_ = source->name;
+    }
   }
 
-  void Start() { NextCandidate(); }
+  // Deferred to the next loop turn, so the scheduler is never re-entered while it pumps.
+  void Start() {
+    Loop()->AddTimer(Loop()->Now(), [this] { NextCandidate(); });
+  }
 
  private:
   class Op final : public event::Completion {
@@ -83,6 +91,7 @@ class Connection {
   };
 
   event::EventLoop* Loop() { return ctx_->loop; }
+  const ShapingLimits& Limits() const { return dest_->budget->rule->limits; }
 
   // ---- Host and address selection ---------------------------------------------------
 
@@ -126,10 +135,31 @@ class Connection {
     peer_ = absl::StrCat(host_, "[", ip.ToString(), "]:", port_);
     HostPort hp{ip.ToString(), port_};
     auto len = hp.ToSockaddr(&addr_);
+    if (source_.has_value() && source_->address.family != ip.family) {
+      last_error_ =
+          Deferred("4.4.1", absl::StrCat("source ", source_name_, " (", source_->address.ToString(),
+                                         ") cannot reach ", peer_));
+      return NextAddress();
+    }
     fd_ = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (!len.ok() || fd_ < 0) {
       last_error_ = Deferred("4.4.1", absl::StrCat("socket for ", peer_, ": ", strerror(errno)));
       return NextAddress();
+    }
+    if (source_.has_value()) {
+      // Binding a fresh socket to a local address (port 0) does no I/O and cannot block.
+      sockaddr_storage local{};
+      auto local_len = HostPort{source_->address.ToString(), 0}.ToSockaddr(&local);
+      if (!local_len.ok() || bind(fd_, reinterpret_cast<sockaddr*>(&local), *local_len) != 0) {
+        std::string why =
+            local_len.ok() ? strerror(errno) : std::string(local_len.status().message());
+        ::close(fd_);
+        fd_ = -1;
+        // The source is down, not the destination: its jobs stay queued for other sources.
+        ctx_->manager->SourceDown(source_name_,
+                                  absl::StrCat("bind to ", source_->address.ToString(), ": ", why));
+        return Finish();
+      }
     }
     int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -138,7 +168,7 @@ class Connection {
     io_uring_sqe* sqe = Loop()->Sqe(&connect_op_);
     io_uring_prep_connect(sqe, fd_, reinterpret_cast<sockaddr*>(&addr_), *len);
     sqe->flags |= IOSQE_IO_LINK;
-    timeout_ts_ = {absl::ToInt64Seconds(ctx_->connect_timeout), 0};
+    timeout_ts_ = {absl::ToInt64Seconds(Limits().connect_timeout), 0};
     io_uring_prep_link_timeout(Loop()->Sqe(nullptr), &timeout_ts_, 0);
   }
 
@@ -150,7 +180,7 @@ class Connection {
       return NextAddress();
     }
     smtp::ClientSessionOptions o;
-    o.helo_name = ctx_->helo_name;
+    o.helo_name = source_.has_value() && !source_->ehlo.empty() ? source_->ehlo : ctx_->helo_name;
     o.use_chunking = true;  // BDAT when offered: no dot-stuffing, one round trip
     o.tls = tls_policy_;
     // Opportunistic TLS is skipped without a client context, and for a host whose
@@ -339,6 +369,12 @@ class Connection {
                        session_->capabilities().ToString());
         }
         ready_seen_ = true;
+        uint32_t max_messages = Limits().max_messages_per_connection;
+        if (!job_.has_value() && !loading_ && max_messages > 0 && jobs_taken_ >= max_messages) {
+          idle_token_.reset();
+          session_->Quit().IgnoreError();  // this connection has carried its share
+          continue;
+        }
         if (!job_.has_value() && !loading_ && idle_token_ == nullptr) {
           NextJob();
           if (job_.has_value() && !loading_) continue;  // a transaction just started
@@ -354,7 +390,7 @@ class Connection {
   void ArmPhaseTimer() {
     if (session_ == nullptr) return;
     Phase phase = session_->phase();
-    absl::Duration d = phase == Phase::kReady      ? ctx_->idle_timeout
+    absl::Duration d = phase == Phase::kReady      ? Limits().idle_timeout
                        : phase == Phase::kStartTls ? ctx_->tls_handshake_timeout
                                                    : ClientSession::DefaultTimeout(phase);
     if (loading_) d = absl::InfiniteDuration();  // the content loader answers in any case
@@ -381,11 +417,11 @@ class Connection {
   }
 
   void NextJob() {
-    std::optional<Job> job = ctx_->manager->TakeJob(*dest_);
+    std::optional<Job> job = ctx_->manager->TakeJob(*dest_, source_name_);
     if (!job.has_value()) {
       // Idle: offer ourselves to the destination until the idle timer ends the connection.
       idle_token_ = std::make_shared<bool>(true);
-      dest_->idle.push_back({idle_token_, [this, alive = alive_] {
+      dest_->idle.push_back({idle_token_, source_name_, [this, alive = alive_] {
                                if (!*alive || finished_) return;
                                idle_token_.reset();
                                Drive();  // takes the waiting job
@@ -393,6 +429,7 @@ class Connection {
       return;
     }
     job_ = *std::move(job);
+    ++jobs_taken_;
     content_ = job_->message->content;
     if (content_ != nullptr) return SendJob();
     // Beyond the in-memory budget: read the content back from the spool first.
@@ -442,6 +479,23 @@ class Connection {
 
   void HandleResult(const smtp::TransactionResult& result) {
     if (!job_.has_value()) return;
+    // A reply that puts this source into backoff at the site sends the job back to wait
+    // for the pause to end, as no attempt was really made on its merits.
+    bool suspended = Observe(result.mail_reply);
+    for (const ServerReply& reply : result.recipients) suspended |= Observe(reply);
+    suspended |= Observe(result.data_reply);
+    suspended |= Observe(result.final_reply);
+    if (suspended && result.CountDelivered() == 0) {
+      MTA_LOG_INFO("delivery: %s to %s: source in backoff, job requeued",
+                   job_->message->envelope.id, peer_);
+      Job job = *std::move(job_);
+      job_.reset();
+      content_.reset();
+      ctx_->manager->ReturnJob(*dest_, std::move(job));
+      idle_token_.reset();
+      session_->Quit().IgnoreError();
+      return;
+    }
     std::vector<AttemptResult> out;
     bool dsn = session_->capabilities().dsn;
     for (const ServerReply& reply : result.recipients) {
@@ -462,8 +516,19 @@ class Connection {
     content_.reset();
   }
 
+  // Feeds a server reply to the site's backoff rules; true if this source is now paused.
+  bool Observe(const ServerReply& reply) {
+    if (reply.empty() || reply.local || reply.positive() || reply.intermediate()) return false;
+    return ctx_->manager->ObserveReply(*dest_, source_name_, reply.code, reply.enhanced,
+                                       absl::StrJoin(reply.lines, " "));
+  }
+
   void SessionClosed() {
     const auto& error = session_->error();
+    if (error.has_value() && !job_.has_value() && Observe(error->reply)) {
+      // Backing off: the site's queue waits for the pause instead of being deferred.
+      return Finish();
+    }
     // Before the connection ever became ready (greeting refused, EHLO failed, lost early),
     // the next address or host gets a chance; after that, the destination simply has one
     // connection fewer.
@@ -522,7 +587,7 @@ class Connection {
     if (timer_ != 0) Loop()->CancelTimer(timer_);
     timer_ = 0;
     CloseSocket();
-    ctx_->manager->ConnectionClosed(*dest_);
+    ctx_->manager->ConnectionClosed(*dest_, source_name_);
     MaybeFinish();
   }
 
@@ -536,6 +601,9 @@ class Connection {
 
   OutboundContext* const ctx_;
   Destination* const dest_;
+  std::optional<EgressSource> source_;  // none: the kernel picks the local address
+  std::string source_name_;             // "" without a source
+  uint32_t jobs_taken_ = 0;
   smtp::TlsPolicy tls_policy_;
   std::shared_ptr<bool> alive_;
   std::shared_ptr<bool> idle_token_;
@@ -577,8 +645,9 @@ class Connection {
 
 }  // namespace
 
-void StartOutboundConnection(OutboundContext* context, Destination* destination) {
-  (new Connection(context, destination))->Start();
+void StartOutboundConnection(OutboundContext* context, Destination* destination,
+                             const EgressSource* source) {
+  (new Connection(context, destination, source))->Start();
 }
 
 }  // namespace mta::delivery

@@ -24,9 +24,7 @@ struct OutboundContext {
   dns::Resolver* resolver = nullptr;
   queue::ContentLoader* loader = nullptr;
   const auth::ClientTlsContext* tls = nullptr;  // null: STARTTLS is never attempted
-  std::string helo_name;
-  absl::Duration connect_timeout = absl::Seconds(30);
-  absl::Duration idle_timeout = absl::Seconds(5);  // idle connection kept for reuse
+  std::string helo_name;                        // EHLO name when the source names none
   absl::Duration tls_handshake_timeout = absl::Seconds(30);
 };
 
@@ -35,10 +33,13 @@ struct OutboundContext {
  * tries the site's hosts (MX preference order, or the next hop) and each of their
  * addresses in order on connection failures and 4xx/5xx greetings, upgrades with STARTTLS
  * as the site's policy says, then takes jobs from the site and reports their outcomes.
+ * With a `source` (copied) it binds to that local address and greets with its EHLO name;
+ * connect and idle timeouts and messages per connection follow the site's shaping rule.
  * The connection owns itself and calls DeliveryManager::ConnectionClosed() exactly once.
  * Shard-local.
  */
-void StartOutboundConnection(OutboundContext* context, Destination* destination);
+void StartOutboundConnection(OutboundContext* context, Destination* destination,
+                             const EgressSource* source);
 
 }  // namespace mta::delivery
 

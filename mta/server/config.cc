@@ -1,13 +1,18 @@
 #include "mta/server/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "mta/base/net.h"
 #include "queue/retry_schedule.h"
+#include "re2/re2.h"
 #include "yaml-cpp/yaml.h"
 
 namespace mta::server {
@@ -41,24 +46,47 @@ http:
 delivery:
   enabled: true               # false: accept and keep mail without delivering it
   helo_name: ""               # name sent in EHLO ("" = server.hostname)
-  max_connections_per_destination: 10  # concurrent connections per recipient domain
-  max_recipients_per_transaction: 100  # recipients of one message per SMTP transaction
   retry_intervals: "1m,5m,10m,30m,1h,2h,4h"  # waits between attempts; the last repeats
   retry_jitter_percent: 10    # spread of each wait, so deferred mail does not return at once
   queue_lifetime: 5d          # a recipient still deferred after this long bounces (expired)
   delay_warning: 4h           # NOTIFY=DELAY recipients get a delay DSN after this long
   smtp_port: 25               # port of MX hosts (routes name their own); tests use others
-  connect_timeout_s: 30       # TCP connect timeout per address
-  idle_timeout_s: 5           # an idle outbound connection is kept this long for reuse
   tls: opportunistic          # STARTTLS to MX hosts: none, opportunistic or require
   dns_servers: []             # resolvers as "ip:port"; [] = those in /etc/resolv.conf
   dns_timeout_ms: 3000        # per-query DNS timeout
   routes: []                  # e.g. [{domain: "*", host: 127.0.0.1, port: 2526, tls: none}]
+egress:
+  sources: []                 # e.g. [{name: ip2, address: 127.0.0.2, ehlo: mta2.example.com}]
+  pools: []                   # e.g. [{name: bulk, sources: [{source: ip2, weight: 3}]}]
+streams:                      # traffic streams; each key below applies per stream
+  - name: default             # named by listeners; letters, digits, '_', '.' and '-'
+    pool: ""                  # egress pool to send from ("" = the kernel picks the address)
+    priority: 0               # larger is served first where streams share a destination
+    retry_intervals: ""       # waits between attempts ("" = delivery.retry_intervals)
+    queue_lifetime: ""        # deferred recipients expire after this ("" = delivery.queue_lifetime)
+shaping:                      # limits per egress source x destination
+  default:                    # for destinations without a rule; rules inherit the keys they omit
+    max_connections: 10       # concurrent connections
+    max_messages_per_connection: 0  # messages per connection before it is closed (0 = unlimited)
+    max_message_rate: ""      # e.g. 100/s, 3000/m or 20000/h ("" = unlimited)
+    rate_burst: 0             # messages that may go at once (0 = one second's worth, at least 1)
+    max_recipients_per_transaction: 100  # recipients of one message per SMTP transaction
+    connect_timeout_s: 30     # TCP connect timeout per address
+    idle_timeout_s: 5         # an idle outbound connection is kept this long for reuse
+    backoff: []               # e.g. [{code: 421, text: "(?i)rate", action: slow, rate_factor: 0.5}]
+    backoff_restore_interval: 1m  # each interval without a backoff reply doubles the rate back
+  rules: []                   # e.g. [{name: gmail, mx_suffix: .google.com, max_connections: 20}]
+suspended:                    # mail that waits in the queue instead of being delivered
+  destinations: []            # recipient domains or shaping rule names
+  sources: []                 # egress sources not sent from
+  streams: []                 # streams whose mail is held
 listeners:                    # SMTP listeners; each key below applies per listener
   - name: default             # label used in logs and the spool
     address: 127.0.0.1:2525   # IP literal and port ([v6]:port for IPv6)
     relay_networks: [127.0.0.0/8, "::1/128"]  # clients allowed to relay to any domain
-    stream: default           # traffic stream given to messages received here
+    stream: default           # stream when neither stream_networks nor stream_header chooses one
+    stream_networks: []       # e.g. [{network: 10.0.0.0/8, stream: transactional}]
+    stream_header: ""         # header naming the message's stream, e.g. X-Stream ("" = none)
     add_missing_headers: true # add Message-ID and Date when missing (submission role)
     greeting_delay_ms: 0      # wait before the greeting; clients that talk first are rejected
 )";
@@ -115,6 +143,32 @@ class MapReader {
     return absl::OkStatus();
   }
 
+  template <typename T>
+  absl::Status SignedInt(const std::string& key, int64_t min, int64_t max, T* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    int64_t v;
+    if (!n.IsScalar() || n.Scalar().empty() || !YAML::convert<int64_t>::decode(n, v)) {
+      return Error(n, key, absl::StrCat("must be an integer in [", min, ", ", max, "]"));
+    }
+    if (v < min || v > max) {
+      return Error(n, key, absl::StrCat("must be in [", min, ", ", max, "], got ", v));
+    }
+    *out = static_cast<T>(v);
+    return absl::OkStatus();
+  }
+
+  absl::Status Double(const std::string& key, double* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    double v;
+    if (!n.IsScalar() || !YAML::convert<double>::decode(n, v)) {
+      return Error(n, key, "must be a number");
+    }
+    *out = v;
+    return absl::OkStatus();
+  }
+
   absl::Status StringList(const std::string& key, std::vector<std::string>* out) {
     YAML::Node n = Get(key);
     if (!n) return absl::OkStatus();
@@ -137,13 +191,31 @@ class MapReader {
   }
 
   absl::Status Error(const YAML::Node& n, absl::string_view key, absl::string_view why) const {
-    return Error(n, absl::StrCat(path_.empty() ? "" : path_ + ".", key, ": ", why));
+    return Error(n, absl::StrCat(Path(key), ": ", why));
   }
   absl::Status Error(const YAML::Node& n, absl::string_view what) const {
-    YAML::Mark m = n.Mark();
+    // A key that is absent has no position: point at its map instead (or at nothing).
+    YAML::Mark m = n.IsDefined()       ? n.Mark()
+                   : node_.IsDefined() ? node_.Mark()
+                                       : YAML::Mark::null_mark();
     return absl::InvalidArgumentError(
         absl::StrCat(source_, ":", m.line + 1, ":", m.column + 1, ": ", what));
   }
+  /** An error about `key`'s value, positioned at the value (at the map if it is absent). */
+  absl::Status ErrorAt(const std::string& key, absl::string_view why) const {
+    YAML::Node n = node_;
+    if (node_.IsDefined() && node_.IsMap()) {
+      const YAML::Node& map = node_;
+      if (YAML::Node child = map[key]; child.IsDefined()) n = child;
+    }
+    return Error(n, key, why);
+  }
+
+  /** The full path of `key` in this map, e.g. "shaping.rules[2].domain". */
+  std::string Path(absl::string_view key) const {
+    return path_.empty() ? std::string(key) : absl::StrCat(path_, ".", key);
+  }
+  absl::string_view source() const { return source_; }
 
  private:
   YAML::Node node_;
@@ -158,14 +230,94 @@ class MapReader {
     if (!s_.ok()) return s_;  \
   } while (0)
 
+// Reads the optional list of maps at `key`: each item starts as `proto` and is filled by
+// `parse(item_node, item_path, &item)`.
+template <typename T, typename ParseItem>
+absl::Status ReadMapList(MapReader& r, const std::string& key, std::vector<T>* out, ParseItem parse,
+                         const T& proto = T()) {
+  YAML::Node list = r.Get(key);
+  if (!list) return absl::OkStatus();
+  if (!list.IsSequence()) return r.Error(list, key, "must be a list");
+  out->clear();
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node item = list[i];
+    std::string path = absl::StrCat(r.Path(key), "[", i, "]");
+    if (!item.IsMap()) return r.Error(item, absl::StrCat(path, ": must be a map"));
+    T value = proto;
+    RETURN_IF_ERROR(parse(item, path, &value));
+    out->push_back(std::move(value));
+  }
+  return absl::OkStatus();
+}
+
+using NameSet = absl::flat_hash_set<std::string>;
+
+std::string Quoted(absl::string_view s) { return absl::StrCat("\"", s, "\""); }
+
+bool IsOneDuration(const std::string& text) {
+  auto d = queue::RetryPolicy::ParseIntervals(text);
+  return d.ok() && d->size() == 1;
+}
+constexpr char kOneDuration[] = "must be one duration such as 30s, 5m or 4h";
+
+// "N/s", "N/m" or "N/h" with an integer N >= 1.
+bool IsMessageRate(absl::string_view text) {
+  size_t slash = text.find('/');
+  if (slash == absl::string_view::npos || slash == 0 || slash + 2 != text.size()) return false;
+  absl::string_view n = text.substr(0, slash);
+  uint64_t v;
+  if (!std::all_of(n.begin(), n.end(), absl::ascii_isdigit) || !absl::SimpleAtoi(n, &v) || v < 1) {
+    return false;
+  }
+  char unit = text.back();
+  return unit == 's' || unit == 'm' || unit == 'h';
+}
+
+// A header field name (RFC 5322: printable ASCII except ':').
+bool IsHeaderName(absl::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(),
+                                      [](char ch) { return ch > ' ' && ch < 127 && ch != ':'; });
+}
+
+// An EHLO name the SMTP client accepts: printable ASCII without spaces, 1..255 characters.
+bool IsEhloName(absl::string_view name) {
+  return !name.empty() && name.size() <= 255 &&
+         std::all_of(name.begin(), name.end(), [](char ch) { return ch > ' ' && ch < 127; });
+}
+
+bool IsStreamName(absl::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char ch) {
+    return absl::ascii_isalnum(ch) || ch == '_' || ch == '.' || ch == '-';
+  });
+}
+
+std::string UnknownStream(absl::string_view name) {
+  return absl::StrCat("unknown stream '", name, "' (not defined in streams)");
+}
+
 absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_view source,
-                           ListenerConfig* l) {
+                           const NameSet& streams, ListenerConfig* l) {
   MapReader r(node, absl::StrCat("listeners[", index, "]"), source);
   if (!node.IsMap()) return r.Error(node, "each listener must be a map");
   RETURN_IF_ERROR(r.String("name", &l->name));
   RETURN_IF_ERROR(r.String("address", &l->address));
   RETURN_IF_ERROR(r.StringList("relay_networks", &l->relay_networks));
   RETURN_IF_ERROR(r.String("stream", &l->stream));
+  RETURN_IF_ERROR(
+      ReadMapList(r, "stream_networks", &l->stream_networks,
+                  [&](const YAML::Node& item, const std::string& path, StreamNetworkConfig* sn) {
+                    MapReader m(item, path, source);
+                    RETURN_IF_ERROR(m.String("network", &sn->network));
+                    RETURN_IF_ERROR(m.String("stream", &sn->stream));
+                    RETURN_IF_ERROR(m.Finish());
+                    if (auto c = Cidr::Parse(sn->network); !c.ok()) {
+                      return m.ErrorAt("network", c.status().message());
+                    }
+                    if (!streams.contains(sn->stream))
+                      return m.ErrorAt("stream", UnknownStream(sn->stream));
+                    return absl::OkStatus();
+                  }));
+  RETURN_IF_ERROR(r.String("stream_header", &l->stream_header));
   RETURN_IF_ERROR(r.Bool("add_missing_headers", &l->add_missing_headers));
   RETURN_IF_ERROR(r.Int("greeting_delay_ms", 0, 30000, &l->greeting_delay_ms));
   RETURN_IF_ERROR(r.Finish());
@@ -179,6 +331,11 @@ absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_vi
     }
   }
   if (l->stream.empty()) return r.Error(node, "stream: must not be empty");
+  if (!streams.contains(l->stream)) return r.ErrorAt("stream", UnknownStream(l->stream));
+  if (!l->stream_header.empty() && !IsHeaderName(l->stream_header)) {
+    return r.ErrorAt("stream_header",
+                     "must be a header field name (printable ASCII without ':' or spaces)");
+  }
   return absl::OkStatus();
 }
 
@@ -194,6 +351,141 @@ absl::Status ParseRoute(const YAML::Node& node, size_t index, absl::string_view 
   if (r->domain.empty()) return m.Error(node, "domain: must be a domain or \"*\"");
   if (r->tls != "none" && r->tls != "opportunistic" && r->tls != "require") {
     return m.Error(node, "tls: must be none, opportunistic or require");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseBackoff(const YAML::Node& node, const std::string& path, absl::string_view source,
+                          BackoffConfig* b) {
+  MapReader m(node, path, source);
+  RETURN_IF_ERROR(m.Int("code", 0, 599, &b->code));
+  RETURN_IF_ERROR(m.String("enhanced", &b->enhanced));
+  RETURN_IF_ERROR(m.String("text", &b->text));
+  RETURN_IF_ERROR(m.String("action", &b->action));
+  RETURN_IF_ERROR(m.String("duration", &b->duration));
+  RETURN_IF_ERROR(m.Double("rate_factor", &b->rate_factor));
+  RETURN_IF_ERROR(m.Finish());
+  if (!std::all_of(b->enhanced.begin(), b->enhanced.end(),
+                   [](char ch) { return absl::ascii_isdigit(ch) || ch == '.'; })) {
+    return m.ErrorAt("enhanced", "must be an enhanced status code or its prefix, e.g. \"4.7.\"");
+  }
+  if (!b->text.empty()) {
+    RE2::Options options;
+    options.set_log_errors(false);
+    RE2 re(b->text, options);
+    if (!re.ok()) {
+      return m.ErrorAt("text", absl::StrCat("bad regular expression: ", re.error()));
+    }
+  }
+  if (b->action != "suspend" && b->action != "slow") {
+    return m.ErrorAt("action", "must be suspend or slow");
+  }
+  if (!IsOneDuration(b->duration)) return m.ErrorAt("duration", kOneDuration);
+  if (!(b->rate_factor > 0 && b->rate_factor < 1)) {
+    return m.ErrorAt("rate_factor",
+                     absl::StrCat("must be greater than 0 and less than 1, got ", b->rate_factor));
+  }
+  return absl::OkStatus();
+}
+
+// Reads the limit keys of a shaping map; keys that are absent keep `l`'s values.
+absl::Status ReadLimits(MapReader& r, ShapingLimitsConfig* l) {
+  RETURN_IF_ERROR(r.Int("max_connections", 1, 10000, &l->max_connections));
+  RETURN_IF_ERROR(
+      r.Int("max_messages_per_connection", 0, 1000000, &l->max_messages_per_connection));
+  RETURN_IF_ERROR(r.String("max_message_rate", &l->max_message_rate));
+  RETURN_IF_ERROR(r.Int("rate_burst", 0, 1000000, &l->rate_burst));
+  RETURN_IF_ERROR(
+      r.Int("max_recipients_per_transaction", 1, 100000, &l->max_recipients_per_transaction));
+  RETURN_IF_ERROR(r.Int("connect_timeout_s", 1, 600, &l->connect_timeout_s));
+  RETURN_IF_ERROR(r.Int("idle_timeout_s", 0, 3600, &l->idle_timeout_s));
+  RETURN_IF_ERROR(
+      ReadMapList(r, "backoff", &l->backoff,
+                  [&](const YAML::Node& item, const std::string& path, BackoffConfig* b) {
+                    return ParseBackoff(item, path, r.source(), b);
+                  }));
+  RETURN_IF_ERROR(r.String("backoff_restore_interval", &l->backoff_restore_interval));
+  return absl::OkStatus();
+}
+
+// Checks the values ReadLimits read (after the map's unknown keys were reported).
+absl::Status CheckLimits(const MapReader& r, const ShapingLimitsConfig& l) {
+  if (!l.max_message_rate.empty() && !IsMessageRate(l.max_message_rate)) {
+    return r.ErrorAt("max_message_rate",
+                     absl::StrCat("must be \"\" or N/s, N/m or N/h with an integer N >= 1, got ",
+                                  Quoted(l.max_message_rate)));
+  }
+  if (!IsOneDuration(l.backoff_restore_interval)) {
+    return r.ErrorAt("backoff_restore_interval", kOneDuration);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseShapingRule(const YAML::Node& node, const std::string& path,
+                              absl::string_view source, NameSet* names, ShapingRuleConfig* rule) {
+  MapReader m(node, path, source);
+  RETURN_IF_ERROR(m.String("name", &rule->name));
+  RETURN_IF_ERROR(m.String("domain", &rule->domain));
+  RETURN_IF_ERROR(m.String("domain_suffix", &rule->domain_suffix));
+  RETURN_IF_ERROR(m.String("mx_suffix", &rule->mx_suffix));
+  RETURN_IF_ERROR(ReadLimits(m, &rule->limits));
+  RETURN_IF_ERROR(m.Finish());
+  if (rule->name.empty()) return m.ErrorAt("name", "must not be empty");
+  if (rule->name == "default") {
+    return m.ErrorAt("name", "\"default\" is reserved for shaping.default");
+  }
+  if (!names->insert(rule->name).second) {
+    return m.ErrorAt("name", absl::StrCat("duplicate rule name '", rule->name, "'"));
+  }
+  int matches = !rule->domain.empty() + !rule->domain_suffix.empty() + !rule->mx_suffix.empty();
+  if (matches != 1) {
+    return m.Error(node, absl::StrCat(path,
+                                      ": exactly one of domain, domain_suffix or mx_suffix must "
+                                      "be set"));
+  }
+  absl::AsciiStrToLower(&rule->domain);
+  absl::AsciiStrToLower(&rule->domain_suffix);
+  absl::AsciiStrToLower(&rule->mx_suffix);
+  if (absl::StartsWith(rule->domain, ".")) {
+    return m.ErrorAt("domain", "must not start with '.' (use domain_suffix for subdomains)");
+  }
+  for (const char* key : {"domain_suffix", "mx_suffix"}) {
+    const std::string& suffix =
+        std::string(key) == "domain_suffix" ? rule->domain_suffix : rule->mx_suffix;
+    if (!suffix.empty() && (suffix.size() < 2 || suffix[0] != '.')) {
+      return m.ErrorAt(
+          key, absl::StrCat("must start with '.' and name a domain, e.g. \".",
+                            suffix == "." ? "example.com" : suffix, "\", got ", Quoted(suffix)));
+    }
+  }
+  return CheckLimits(m, rule->limits);
+}
+
+absl::Status ParseStream(const YAML::Node& node, const std::string& path, absl::string_view source,
+                         const NameSet& pools, NameSet* names, StreamConfig* st) {
+  MapReader m(node, path, source);
+  RETURN_IF_ERROR(m.String("name", &st->name));
+  RETURN_IF_ERROR(m.String("pool", &st->pool));
+  RETURN_IF_ERROR(m.SignedInt("priority", -1000, 1000, &st->priority));
+  RETURN_IF_ERROR(m.String("retry_intervals", &st->retry_intervals));
+  RETURN_IF_ERROR(m.String("queue_lifetime", &st->queue_lifetime));
+  RETURN_IF_ERROR(m.Finish());
+  if (!IsStreamName(st->name)) {
+    return m.ErrorAt("name", "must be non-empty letters, digits, '_', '.' or '-'");
+  }
+  if (!names->insert(st->name).second) {
+    return m.ErrorAt("name", absl::StrCat("duplicate stream name '", st->name, "'"));
+  }
+  if (!st->pool.empty() && !pools.contains(st->pool)) {
+    return m.ErrorAt("pool", absl::StrCat("unknown pool '", st->pool, "' (not in egress.pools)"));
+  }
+  if (!st->retry_intervals.empty()) {
+    if (auto iv = queue::RetryPolicy::ParseIntervals(st->retry_intervals); !iv.ok()) {
+      return m.ErrorAt("retry_intervals", iv.status().message());
+    }
+  }
+  if (!st->queue_lifetime.empty() && !IsOneDuration(st->queue_lifetime)) {
+    return m.ErrorAt("queue_lifetime", kOneDuration);
   }
   return absl::OkStatus();
 }
@@ -262,17 +554,11 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(delivery.Check());
   RETURN_IF_ERROR(delivery.Bool("enabled", &c.delivery_enabled));
   RETURN_IF_ERROR(delivery.String("helo_name", &c.helo_name));
-  RETURN_IF_ERROR(delivery.Int("max_connections_per_destination", 1, 10000,
-                               &c.max_connections_per_destination));
-  RETURN_IF_ERROR(
-      delivery.Int("max_recipients_per_transaction", 1, 100000, &c.max_recipients_per_transaction));
   RETURN_IF_ERROR(delivery.String("retry_intervals", &c.retry_intervals));
   RETURN_IF_ERROR(delivery.Int("retry_jitter_percent", 0, 50, &c.retry_jitter_percent));
   RETURN_IF_ERROR(delivery.String("queue_lifetime", &c.queue_lifetime));
   RETURN_IF_ERROR(delivery.String("delay_warning", &c.delay_warning));
   RETURN_IF_ERROR(delivery.Int("smtp_port", 1, 65535, &c.smtp_port));
-  RETURN_IF_ERROR(delivery.Int("connect_timeout_s", 1, 600, &c.connect_timeout_s));
-  RETURN_IF_ERROR(delivery.Int("idle_timeout_s", 0, 3600, &c.idle_timeout_s));
   RETURN_IF_ERROR(delivery.String("tls", &c.tls));
   RETURN_IF_ERROR(delivery.StringList("dns_servers", &c.dns_servers));
   RETURN_IF_ERROR(delivery.Int("dns_timeout_ms", 10, 60000, &c.dns_timeout_ms));
@@ -308,6 +594,117 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
     }
   }
 
+  MapReader egress(top.Get("egress"), "egress", source);
+  RETURN_IF_ERROR(egress.Check());
+  NameSet source_names;
+  RETURN_IF_ERROR(ReadMapList(
+      egress, "sources", &c.sources,
+      [&](const YAML::Node& item, const std::string& path, SourceConfig* src) {
+        MapReader m(item, path, source);
+        RETURN_IF_ERROR(m.String("name", &src->name));
+        RETURN_IF_ERROR(m.String("address", &src->address));
+        RETURN_IF_ERROR(m.String("ehlo", &src->ehlo));
+        RETURN_IF_ERROR(m.Finish());
+        if (src->name.empty()) return m.ErrorAt("name", "must not be empty");
+        if (!source_names.insert(src->name).second) {
+          return m.ErrorAt("name", absl::StrCat("duplicate source name '", src->name, "'"));
+        }
+        if (auto ip = IpAddress::Parse(src->address); !ip.ok()) {
+          return m.ErrorAt(
+              "address", absl::StrCat("must be an IPv4 or IPv6 address: ", ip.status().message()));
+        }
+        if (!src->ehlo.empty() && !IsEhloName(src->ehlo)) {
+          return m.ErrorAt("ehlo", "must be 1 to 255 printable ASCII characters without spaces");
+        }
+        return absl::OkStatus();
+      }));
+  NameSet pool_names;
+  RETURN_IF_ERROR(ReadMapList(
+      egress, "pools", &c.pools,
+      [&](const YAML::Node& item, const std::string& path, PoolConfig* pool) {
+        MapReader m(item, path, source);
+        RETURN_IF_ERROR(m.String("name", &pool->name));
+        NameSet members;
+        RETURN_IF_ERROR(ReadMapList(
+            m, "sources", &pool->sources,
+            [&](const YAML::Node& member_node, const std::string& member_path,
+                PoolMemberConfig* member) {
+              MapReader mm(member_node, member_path, source);
+              RETURN_IF_ERROR(mm.String("source", &member->source));
+              RETURN_IF_ERROR(mm.Int("weight", 1, 1000, &member->weight));
+              RETURN_IF_ERROR(mm.Finish());
+              if (!source_names.contains(member->source)) {
+                return mm.ErrorAt("source", absl::StrCat("unknown source '", member->source,
+                                                         "' (not in egress.sources)"));
+              }
+              if (!members.insert(member->source).second) {
+                return mm.ErrorAt("source",
+                                  absl::StrCat("source '", member->source, "' is listed twice"));
+              }
+              return absl::OkStatus();
+            }));
+        RETURN_IF_ERROR(m.Finish());
+        if (pool->name.empty()) return m.ErrorAt("name", "must not be empty");
+        if (!pool_names.insert(pool->name).second) {
+          return m.ErrorAt("name", absl::StrCat("duplicate pool name '", pool->name, "'"));
+        }
+        if (pool->sources.empty()) return m.ErrorAt("sources", "must list at least one source");
+        return absl::OkStatus();
+      }));
+  RETURN_IF_ERROR(egress.Finish());
+
+  YAML::Node streams = top.Get("streams");
+  NameSet stream_names;
+  if (streams) {
+    if (!streams.IsSequence() || streams.size() == 0) {
+      return top.Error(streams, "streams", "must be a non-empty list");
+    }
+    RETURN_IF_ERROR(
+        ReadMapList(top, "streams", &c.streams,
+                    [&](const YAML::Node& item, const std::string& path, StreamConfig* st) {
+                      return ParseStream(item, path, source, pool_names, &stream_names, st);
+                    }));
+  } else {
+    for (const StreamConfig& st : c.streams) stream_names.insert(st.name);
+  }
+
+  MapReader shaping(top.Get("shaping"), "shaping", source);
+  RETURN_IF_ERROR(shaping.Check());
+  {
+    YAML::Node node = shaping.Get("default");
+    MapReader d(node, "shaping.default", source);
+    RETURN_IF_ERROR(d.Check());
+    RETURN_IF_ERROR(ReadLimits(d, &c.shaping_default));
+    RETURN_IF_ERROR(d.Finish());
+    RETURN_IF_ERROR(CheckLimits(d, c.shaping_default));
+  }
+  NameSet rule_names;
+  RETURN_IF_ERROR(ReadMapList(
+      shaping, "rules", &c.shaping_rules,
+      [&](const YAML::Node& item, const std::string& path, ShapingRuleConfig* rule) {
+        return ParseShapingRule(item, path, source, &rule_names, rule);
+      },
+      // Keys a rule does not set keep shaping.default's values.
+      ShapingRuleConfig{.limits = c.shaping_default}));
+  RETURN_IF_ERROR(shaping.Finish());
+
+  MapReader suspended(top.Get("suspended"), "suspended", source);
+  RETURN_IF_ERROR(suspended.Check());
+  RETURN_IF_ERROR(suspended.StringList("destinations", &c.suspended_destinations));
+  RETURN_IF_ERROR(suspended.StringList("sources", &c.suspended_sources));
+  RETURN_IF_ERROR(suspended.StringList("streams", &c.suspended_streams));
+  RETURN_IF_ERROR(suspended.Finish());
+  for (std::string& d : c.suspended_destinations) absl::AsciiStrToLower(&d);
+  for (const std::string& name : c.suspended_sources) {
+    if (!source_names.contains(name)) {
+      return suspended.ErrorAt("sources",
+                               absl::StrCat("unknown source '", name, "' (not in egress.sources)"));
+    }
+  }
+  for (const std::string& name : c.suspended_streams) {
+    if (!stream_names.contains(name)) return suspended.ErrorAt("streams", UnknownStream(name));
+  }
+
   YAML::Node listeners = top.Get("listeners");
   if (listeners) {
     if (!listeners.IsSequence() || listeners.size() == 0) {
@@ -317,11 +714,19 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
     absl::flat_hash_set<std::string> names;
     for (size_t i = 0; i < listeners.size(); ++i) {
       ListenerConfig l;
-      RETURN_IF_ERROR(ParseListener(listeners[i], i, source, &l));
+      RETURN_IF_ERROR(ParseListener(listeners[i], i, source, stream_names, &l));
       if (!names.insert(l.name).second) {
         return top.Error(listeners[i], "listeners", absl::StrCat("duplicate name '", l.name, "'"));
       }
       c.listeners.push_back(std::move(l));
+    }
+  } else {
+    // The built-in listener's stream must exist too.
+    for (size_t i = 0; i < c.listeners.size(); ++i) {
+      if (!stream_names.contains(c.listeners[i].stream)) {
+        return top.Error(streams, absl::StrCat("listeners[", i, "].stream"),
+                         UnknownStream(c.listeners[i].stream));
+      }
     }
   }
   RETURN_IF_ERROR(top.Finish());

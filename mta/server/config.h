@@ -11,11 +11,22 @@
 
 namespace mta::server {
 
+/** Messages from clients in `network` (a CIDR) get `stream`. */
+struct StreamNetworkConfig {
+  std::string network;
+  std::string stream;
+
+  bool operator==(const StreamNetworkConfig&) const = default;
+};
+
 struct ListenerConfig {
   std::string name = "default";
   std::string address = "127.0.0.1:2525";
   std::vector<std::string> relay_networks = {"127.0.0.0/8", "::1/128"};
-  std::string stream = "default";
+  std::string stream = "default";  // stream when neither a network nor the header names one
+  // Stream choice, most specific first: the client's network, then a header, then `stream`.
+  std::vector<StreamNetworkConfig> stream_networks;
+  std::string stream_header;  // e.g. "X-Stream"; "" = streams are not chosen by header
   bool add_missing_headers = true;
   uint32_t greeting_delay_ms = 0;
 
@@ -30,6 +41,83 @@ struct RouteConfig {
   std::string tls = "opportunistic";  // none, opportunistic or require
 
   bool operator==(const RouteConfig&) const = default;
+};
+
+/** A local address outbound connections bind to, and the EHLO name used from it. */
+struct SourceConfig {
+  std::string name;
+  std::string address;  // IPv4 or IPv6 literal
+  std::string ehlo;     // "" = delivery.helo_name
+
+  bool operator==(const SourceConfig&) const = default;
+};
+
+struct PoolMemberConfig {
+  std::string source;
+  uint32_t weight = 1;
+
+  bool operator==(const PoolMemberConfig&) const = default;
+};
+
+/** A weighted set of sources. */
+struct PoolConfig {
+  std::string name;
+  std::vector<PoolMemberConfig> sources;
+
+  bool operator==(const PoolConfig&) const = default;
+};
+
+/** A traffic stream: its pool, priority and retry policy. */
+struct StreamConfig {
+  std::string name;
+  std::string pool;             // "" = no pool: the kernel picks the source address
+  int32_t priority = 0;         // larger is served first at a shared destination
+  std::string retry_intervals;  // "" = delivery.retry_intervals
+  std::string queue_lifetime;   // "" = delivery.queue_lifetime
+
+  bool operator==(const StreamConfig&) const = default;
+};
+
+/** When a reply matches, the source x destination is suspended or slowed. */
+struct BackoffConfig {
+  uint32_t code = 0;               // reply code, e.g. 421; 0 = any
+  std::string enhanced;            // enhanced status prefix, e.g. "4.7."; "" = any
+  std::string text;                // RE2 regex searched in the reply text; "" = any
+  std::string action = "suspend";  // suspend or slow
+  std::string duration = "5m";     // suspend: how long
+  double rate_factor = 0.5;        // slow: the throttle is multiplied by this (0 < f < 1)
+
+  bool operator==(const BackoffConfig&) const = default;
+};
+
+/** Limits per source x destination. In rules, unset keys take shaping.default's value. */
+struct ShapingLimitsConfig {
+  uint32_t max_connections = 10;
+  uint32_t max_messages_per_connection = 0;  // 0 = unlimited
+  std::string max_message_rate;              // "100/s", "3000/m", "20000/h"; "" = unlimited
+  uint32_t rate_burst = 0;                   // 0 = one second's worth, at least 1
+  uint32_t max_recipients_per_transaction = 100;
+  uint32_t connect_timeout_s = 30;
+  uint32_t idle_timeout_s = 5;
+  std::vector<BackoffConfig> backoff;
+  // Each interval without a backoff match doubles the throttle.
+  std::string backoff_restore_interval = "1m";
+
+  bool operator==(const ShapingLimitsConfig&) const = default;
+};
+
+/** A shaping rule: exactly one of domain, domain_suffix or mx_suffix is set. */
+struct ShapingRuleConfig {
+  std::string name;
+  std::string domain;         // exact recipient domain
+  std::string domain_suffix;  // e.g. ".example.com" (matches subdomains, not the bare name)
+  std::string mx_suffix;      // e.g. ".google.com": every domain whose MX hosts end so shares
+                              // this rule and one budget
+  // ParseConfig starts from shaping_default and applies the rule's own keys (a rule's
+  // `backoff` list replaces the default's list).
+  ShapingLimitsConfig limits;
+
+  bool operator==(const ShapingRuleConfig&) const = default;
 };
 
 struct Config {
@@ -59,19 +147,27 @@ struct Config {
   // delivery
   bool delivery_enabled = true;
   std::string helo_name;  // "" = hostname
-  uint32_t max_connections_per_destination = 10;
-  uint32_t max_recipients_per_transaction = 100;
   std::string retry_intervals = "1m,5m,10m,30m,1h,2h,4h";
   uint32_t retry_jitter_percent = 10;
   std::string queue_lifetime = "5d";
   std::string delay_warning = "4h";
   uint32_t smtp_port = 25;
-  uint32_t connect_timeout_s = 30;
-  uint32_t idle_timeout_s = 5;
   std::string tls = "opportunistic";
   std::vector<std::string> dns_servers;
   uint32_t dns_timeout_ms = 3000;
   std::vector<RouteConfig> routes;
+  // egress
+  std::vector<SourceConfig> sources;
+  std::vector<PoolConfig> pools;
+  // streams
+  std::vector<StreamConfig> streams = {StreamConfig{.name = "default"}};
+  // shaping
+  ShapingLimitsConfig shaping_default;
+  std::vector<ShapingRuleConfig> shaping_rules;
+  // suspended (reloadable with SIGHUP)
+  std::vector<std::string> suspended_destinations;  // recipient domains or rule names
+  std::vector<std::string> suspended_sources;
+  std::vector<std::string> suspended_streams;
   // listeners
   std::vector<ListenerConfig> listeners = {ListenerConfig()};
 

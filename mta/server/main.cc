@@ -23,6 +23,7 @@
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
 #include "mta/server/shard.h"
+#include "mta/server/traffic_policy_builder.h"
 #include "queue/content_loader.h"
 #include "queue/message_queue.h"
 #include "queue/retry_schedule.h"
@@ -67,6 +68,17 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     s.hostname = config.hostname;
     s.listener_name = l.name;
     s.stream = l.stream;
+    s.stream_header = l.stream_header;
+    for (const StreamConfig& st : config.streams) s.known_streams.insert(st.name);
+    for (const StreamNetworkConfig& sn : l.stream_networks) {
+      auto cidr = Cidr::Parse(sn.network);
+      if (!cidr.ok()) return cidr.status();
+      if (!s.known_streams.empty() && !s.known_streams.contains(sn.stream)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "listener ", l.name, ": stream_networks: unknown stream \"", sn.stream, "\""));
+      }
+      spec.stream_networks.emplace_back(*cidr, sn.stream);
+    }
     s.max_message_bytes = config.max_message_bytes;
     s.max_recipients = config.max_recipients;
     s.max_errors = config.max_errors;
@@ -79,6 +91,52 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
   return specs;
 }
 
+// SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules and
+// suspensions) is re-read and handed to every shard; queued mail stays queued. Other
+// settings need a restart, which is logged when they changed.
+void CopyReloadable(const Config& from, Config* to) {
+  to->sources = from.sources;
+  to->pools = from.pools;
+  to->streams = from.streams;
+  to->shaping_default = from.shaping_default;
+  to->shaping_rules = from.shaping_rules;
+  to->suspended_destinations = from.suspended_destinations;
+  to->suspended_sources = from.suspended_sources;
+  to->suspended_streams = from.suspended_streams;
+  to->retry_intervals = from.retry_intervals;  // streams inherit these three
+  to->retry_jitter_percent = from.retry_jitter_percent;
+  to->queue_lifetime = from.queue_lifetime;
+}
+
+void Reload(const std::string& path, Config* running,
+            const std::vector<std::unique_ptr<Shard>>& shards) {
+  if (path.empty()) {
+    MTA_LOG_WARNING("SIGHUP: running on the embedded defaults; there is no file to reload");
+    return;
+  }
+  absl::StatusOr<Config> loaded = LoadConfigFile(path);
+  if (!loaded.ok()) {
+    MTA_LOG_ERROR("SIGHUP: %s; keeping the running configuration", loaded.status().message());
+    return;
+  }
+  // The running config has its derived values filled in; so must the new one's copy.
+  Config fresh = *std::move(loaded);
+  fresh.hostname = running->hostname;
+  fresh.shards = running->shards;
+  auto policy = BuildTrafficPolicy(fresh);
+  if (!policy.ok()) {
+    MTA_LOG_ERROR("SIGHUP: %s; keeping the running configuration", policy.status().message());
+    return;
+  }
+  for (const auto& shard : shards) shard->ApplyPolicy(*policy);
+  Config rest = fresh;
+  CopyReloadable(*running, &rest);
+  bool others_changed = !(rest == *running);
+  CopyReloadable(fresh, running);  // only the main thread reads these fields
+  MTA_LOG_INFO("SIGHUP: reloaded egress, streams, shaping and suspensions from %s%s", path,
+               others_changed ? "; other changed settings apply after a restart" : "");
+}
+
 smtp::TlsPolicy ParseTlsPolicy(const std::string& s) {
   if (s == "none") return smtp::TlsPolicy::kNone;
   if (s == "require") return smtp::TlsPolicy::kRequire;
@@ -88,24 +146,16 @@ smtp::TlsPolicy ParseTlsPolicy(const std::string& s) {
 absl::Status ConfigureDelivery(const Config& config, ServerContext* context) {
   delivery::DeliveryOptions& d = context->delivery;
   d.hostname = config.hostname;
-  auto intervals = queue::RetryPolicy::ParseIntervals(config.retry_intervals);
-  if (!intervals.ok()) return intervals.status();
-  d.retry.intervals = *std::move(intervals);
-  d.retry.jitter = config.retry_jitter_percent / 100.0;
-  auto lifetime = queue::RetryPolicy::ParseIntervals(config.queue_lifetime);
   auto warning = queue::RetryPolicy::ParseIntervals(config.delay_warning);
-  if (!lifetime.ok()) return lifetime.status();
   if (!warning.ok()) return warning.status();
-  d.retry.lifetime = lifetime->front();
   d.delay_warning_after = warning->front();
-  d.max_connections_per_destination = config.max_connections_per_destination;
-  d.max_recipients_per_transaction = config.max_recipients_per_transaction;
+  auto policy = BuildTrafficPolicy(config);
+  if (!policy.ok()) return policy.status();
+  context->policy = *std::move(policy);
   d.default_tls = ParseTlsPolicy(config.tls);
   d.smtp_port = static_cast<uint16_t>(config.smtp_port);
   delivery::OutboundContext& o = context->outbound;
   o.helo_name = config.helo_name.empty() ? config.hostname : config.helo_name;
-  o.connect_timeout = absl::Seconds(config.connect_timeout_s);
-  o.idle_timeout = absl::Seconds(config.idle_timeout_s);
   for (const RouteConfig& r : config.routes) {
     d.routes.push_back({.domain = absl::AsciiStrToLower(r.domain),
                         .host = r.host,
@@ -290,7 +340,7 @@ int Run(int argc, char** argv) {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      MTA_LOG_WARNING("SIGHUP: configuration reload is not supported yet; restart to apply");
+      Reload(config_path, &config, shards);
       continue;
     }
     MTA_LOG_INFO("signal %d: shutting down (grace %d s)", sig, config.shutdown_grace_s);

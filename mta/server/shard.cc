@@ -345,7 +345,7 @@ absl::Status Shard::StartDelivery() {
   ServerContext* ctx = context_;
   delivery_ = std::make_unique<delivery::DeliveryManager>(
       index_, ctx->shards.size(), loop_.get(), ctx->spool, ctx->loader, &ids_, resolver_.get(),
-      ctx->delivery,
+      ctx->delivery, ctx->policy,
       [ctx](uint32_t shard, absl::AnyInvocable<void(delivery::DeliveryManager&)> fn) {
         Shard* target = ctx->shards[shard];
         if (target->loop_ == nullptr) return;  // start-up failed before that shard ran
@@ -353,13 +353,21 @@ absl::Status Shard::StartDelivery() {
           if (target->delivery_ != nullptr) fn(*target->delivery_);
         });
       },
-      [this](delivery::Destination& d) { delivery::StartOutboundConnection(&outbound_, &d); });
+      [this](delivery::Destination& d, const delivery::EgressSource* source) {
+        delivery::StartOutboundConnection(&outbound_, &d, source);
+      });
   outbound_ = ctx->outbound;
   outbound_.loop = loop_.get();
   outbound_.manager = delivery_.get();
   outbound_.resolver = resolver_.get();
   outbound_.loader = ctx->loader;
   return absl::OkStatus();
+}
+
+void Shard::ApplyPolicy(std::shared_ptr<const delivery::TrafficPolicy> policy) {
+  loop_->Post([this, policy = std::move(policy)]() mutable {
+    if (delivery_ != nullptr) delivery_->SetPolicy(std::move(policy));
+  });
 }
 
 absl::Status Shard::Start() {
@@ -481,6 +489,12 @@ void Shard::OnAccept(size_t listener, int fd) {
   for (const Cidr& net : spec.relay_networks) {
     if (net.Contains(ip)) {
       client.relay_allowed = true;
+      break;
+    }
+  }
+  for (const auto& [net, stream] : spec.stream_networks) {
+    if (net.Contains(ip)) {
+      client.network_stream = stream;
       break;
     }
   }

@@ -36,6 +36,7 @@ struct ListenerSpec {
   smtp::SessionConfig session;
   HostPort address;
   std::vector<Cidr> relay_networks;
+  std::vector<std::pair<Cidr, std::string>> stream_networks;  // first match names the stream
   uint32_t greeting_delay_ms = 0;
 };
 
@@ -50,6 +51,7 @@ struct ServerContext {
   bool delivery_enabled = false;
   queue::ContentLoader* loader = nullptr;
   delivery::DeliveryOptions delivery;
+  std::shared_ptr<const delivery::TrafficPolicy> policy;  // at start-up; reloads go to shards
   delivery::OutboundContext outbound;  // template; loop, manager and resolver set per shard
   dns::CaresResolverOptions dns;
   std::vector<Shard*> shards;  // filled before any shard runs
@@ -78,6 +80,8 @@ class Shard {
    * shard starts accepting and delivering when ServerContext::all_started is ready.
    */
   absl::Status Start();
+  /** Thread-safe: the delivery engine adopts `policy` (configuration reload). */
+  void ApplyPolicy(std::shared_ptr<const delivery::TrafficPolicy> policy);
   /** Thread-safe: stop accepting, let sessions in DATA finish, then exit the loop. */
   void BeginShutdown();
   void Join();

@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "mta/base/rfc5322_date.h"
 #include "absl/strings/str_split.h"
+#include "mta/base/rfc5322_date.h"
 #include "mta/smtp/address.h"
 #include "mta/smtp/command.h"
 
@@ -33,6 +36,34 @@ std::string SanitizeForHeader(absl::string_view s) {
 std::string IpLiteral(const std::string& ip) {
   return ip.find(':') == std::string::npos ? absl::StrCat("[", ip, "]")
                                            : absl::StrCat("[IPv6:", ip, "]");
+}
+
+// A client-supplied stream name made safe for a reply's quoted string: control characters
+// (CR and LF included) are dropped, bytes above 127 become '?', '"' and '\\' are escaped,
+// and at most kMaxQuotedName characters are kept.
+constexpr size_t kMaxQuotedName = 64;
+std::string QuoteForReply(absl::string_view s) {
+  std::string out = "\"";
+  size_t kept = 0;
+  for (unsigned char c : s) {
+    if (kept == kMaxQuotedName) break;
+    if (c < 32 || c == 127) continue;
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c > 127 ? '?' : static_cast<char>(c));
+    ++kept;
+  }
+  out.push_back('"');
+  return out;
+}
+
+// If `line` (the first line of a header field) is a `name` field, returns the position just
+// after its colon. The obsolete syntax (RFC 5322 section 4.5) allows blanks before the colon.
+size_t FieldValueStart(absl::string_view line, absl::string_view name) {
+  if (!absl::StartsWithIgnoreCase(line, name)) return absl::string_view::npos;
+  size_t i = name.size();
+  while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+  if (i == line.size() || line[i] != ':') return absl::string_view::npos;
+  return i + 1;
 }
 
 // Strips "FROM:" / "TO:" (case-insensitive) and tolerates spaces before the path.
@@ -460,18 +491,27 @@ void Session::FinishContent() {
     ResetTransaction();
     return Reply(error);
   }
+  // The stream header is internal: it never reaches recipients, whatever decides the stream.
+  std::vector<std::string> stream_values;
+  if (!config_.stream_header.empty()) stream_values = TakeStreamHeaders();
   HeaderFacts facts = ScanHeaders();
   // RFC 5321 section 6.3: counting Received: fields catches mail loops (ours makes one more).
   if (facts.received + 1 > config_.max_hops) {
     ResetTransaction();
     return Reply("554 5.4.6 Message rejected: too many hops (mail loop?)");
   }
+  std::string stream;
+  std::string reject;
+  if (!ChooseStream(stream_values, &stream, &reject)) {
+    ResetTransaction();
+    return Reply(reject);
+  }
   if (config_.add_missing_headers) AddMissingHeaders(facts);
   auto record = std::make_unique<queue::SpoolRecord>();
   record->envelope = *std::move(txn_.envelope);
   record->content = std::move(txn_.content);
   queue::Envelope& env = record->envelope;
-  env.stream = config_.stream;
+  env.stream = std::move(stream);
   env.listener = config_.listener_name;
   env.client_ip = client_.ip;
   env.helo = helo_;
@@ -501,6 +541,71 @@ Session::HeaderFacts Session::ScanHeaders() const {
     pos = eol + 2;
   }
   return facts;
+}
+
+std::vector<std::string> Session::TakeStreamHeaders() {
+  std::string& c = txn_.content;
+  const absl::string_view name = config_.stream_header;
+  std::vector<std::string> values;
+  std::string kept;       // the header section without the stream fields, built only if needed
+  bool removing = false;  // the current field (with its continuation lines) is a stream field
+  size_t pos = txn_.header_offset;
+  while (pos < c.size()) {
+    size_t eol = c.find("\r\n", pos);
+    size_t next = eol == std::string::npos ? c.size() : eol + 2;
+    if (eol == std::string::npos) eol = c.size();
+    absl::string_view line(c.data() + pos, eol - pos);
+    if (line.empty()) break;  // end of the header section
+    if (line[0] != ' ' && line[0] != '\t') {
+      if (line.find(':') == absl::string_view::npos) break;  // not a header: body starts
+      size_t value = FieldValueStart(line, name);
+      if (value != absl::string_view::npos && values.empty()) {
+        kept.assign(c, txn_.header_offset, pos - txn_.header_offset);  // first one: copy so far
+      }
+      removing = value != absl::string_view::npos;
+      if (removing) values.emplace_back(line.substr(value));
+    } else if (removing) {
+      values.back().append(line.data(), line.size());  // unfolding drops only the CRLF
+    }
+    if (!removing && !values.empty()) kept.append(c, pos, next - pos);
+    pos = next;
+  }
+  if (values.empty()) return values;
+  // One replace: the body after the header section moves once, byte for byte.
+  c.replace(txn_.header_offset, pos - txn_.header_offset, kept);
+  for (std::string& v : values) v = std::string(absl::StripAsciiWhitespace(v));
+  return values;
+}
+
+bool Session::ChooseStream(const std::vector<std::string>& header_values, std::string* stream,
+                           std::string* reject) const {
+  // SMTP AUTH (to come): an authenticated user's stream will take precedence here.
+  if (!client_.network_stream.empty()) {
+    *stream = client_.network_stream;
+    return true;
+  }
+  const std::string* named = nullptr;
+  for (const std::string& v : header_values) {
+    if (v.empty()) continue;  // an empty value names nothing
+    if (named == nullptr) {
+      named = &v;
+    } else if (v != *named) {
+      *reject = absl::StrCat("550 5.7.1 Conflicting streams ", QuoteForReply(*named), " and ",
+                             QuoteForReply(v), " in ", config_.stream_header, " headers");
+      return false;
+    }
+  }
+  if (named == nullptr) {
+    *stream = config_.stream;
+    return true;
+  }
+  if (!config_.known_streams.empty() && !config_.known_streams.contains(*named)) {
+    *reject = absl::StrCat("550 5.7.1 Unknown stream ", QuoteForReply(*named), " in ",
+                           config_.stream_header, " header");
+    return false;
+  }
+  *stream = *named;
+  return true;
 }
 
 void Session::AddMissingHeaders(const HeaderFacts& facts) {

@@ -24,7 +24,11 @@ namespace mta::smtp {
 struct SessionConfig {
   std::string hostname = "localhost";
   std::string listener_name = "default";
-  std::string stream = "default";  // stream given to messages from this listener
+  std::string stream = "default";  // stream when neither the network nor the header names one
+  // Header naming the message's stream (e.g. "X-Stream"); "" = streams are not chosen by
+  // header. Always removed from accepted messages when set.
+  std::string stream_header;
+  absl::flat_hash_set<std::string> known_streams;  // names a header may give; empty = any
   uint64_t max_message_bytes = 25 * 1024 * 1024;
   uint32_t max_recipients = 1000;
   uint32_t max_errors = 20;
@@ -37,6 +41,7 @@ struct SessionConfig {
 struct ClientInfo {
   std::string ip;              // textual peer address
   bool relay_allowed = false;  // peer is in the listener's relay networks
+  std::string network_stream;  // stream of the first stream network holding the peer; "" = none
 };
 
 /** Shard-local services a session calls. */
@@ -116,6 +121,11 @@ class Session {
     uint32_t received = 0;  // Received: fields the client sent
   };
   HeaderFacts ScanHeaders() const;
+  /** Removes every config_.stream_header field; returns their unfolded, trimmed values. */
+  std::vector<std::string> TakeStreamHeaders();
+  /** Sets *stream, or *reject to a 550 reply when the header values cannot be used. */
+  bool ChooseStream(const std::vector<std::string>& header_values, std::string* stream,
+                    std::string* reject) const;
   void AddMissingHeaders(const HeaderFacts& facts);
   void ResetTransaction();
   void Reply(absl::string_view line);

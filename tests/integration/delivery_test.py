@@ -14,7 +14,7 @@ import unittest
 
 import harness
 from dns_server import NsdServer
-from harness import Mtad, strip_received
+from harness import strip_received
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -139,9 +139,27 @@ def send(port, rcpts, content, sender="s@sender.test"):
 
 def delivery_config(nsd, port, **overrides):
     d = {"dns_servers": [nsd.address()], "smtp_port": port, "retry_intervals": "1s",
-         "retry_jitter_percent": 0, "connect_timeout_s": 5, "idle_timeout_s": 1}
+         "retry_jitter_percent": 0}
     d.update(overrides)
     return d
+
+
+# Outbound connection limits for every destination: short timeouts keep the tests quick.
+SHAPING = {"default": {"connect_timeout_s": 5, "idle_timeout_s": 1}}
+
+
+class Mtad(harness.Mtad):
+    """harness.Mtad plus a `shaping` section (SHAPING unless given)."""
+
+    def __init__(self, shaping=None, **kwargs):
+        super().__init__(**kwargs)
+        self.shaping = SHAPING if shaping is None else shaping
+
+    def config_text(self):
+        text = super().config_text()
+        if self.shaping:
+            text += f"shaping: {json.dumps(self.shaping)}\n"  # JSON is YAML flow style
+        return text
 
 
 def dsn_for(sink, original_rcpt, timeout=30):

@@ -526,9 +526,9 @@ bool DeliveryManager::ObserveReply(Destination& site, const std::string& source,
                       budget.key, who, static_cast<int>(lane.throttle * 100), code, enhanced, text);
     }
     ConfigureBucket(budget, lane);
-    return now < lane.suspended_until;
+    return b.action == BackoffRule::Action::kSuspend;
   }
-  return now < lane.suspended_until;
+  return false;
 }
 
 void DeliveryManager::SourceDown(const std::string& source, absl::string_view why) {

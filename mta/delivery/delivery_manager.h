@@ -171,7 +171,7 @@ class DeliveryManager {
                          const AttemptResult& reason);
   /**
    * A reply from the site to a connection from `source`: applies the rule's backoff
-   * patterns. Returns true if the source is now suspended at this destination.
+   * patterns. Returns true if the reply suspended the source at this destination.
    */
   bool ObserveReply(Destination& destination, const std::string& source, uint32_t code,
                     absl::string_view enhanced, absl::string_view text);

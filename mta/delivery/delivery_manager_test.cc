@@ -14,6 +14,11 @@ namespace {
 
 using Kind = AttemptResult::Kind;
 
+std::shared_ptr<const TrafficPolicy> Indexed(TrafficPolicy policy) {
+  policy.Index();
+  return std::make_shared<const TrafficPolicy>(std::move(policy));
+}
+
 // Drives a real event loop and a real RocksDB spool; the "connections" are the test
 // itself taking jobs and reporting results, so every scheduling decision is observable.
 class DeliveryManagerTest : public ::testing::Test {
@@ -61,7 +66,7 @@ class DeliveryManagerTest : public ::testing::Test {
     options_.hostname = "mx.test";
     manager_ = std::make_unique<DeliveryManager>(
         0, 1, loop_.get(), spool_.get(), loader_.get(), &ids_, /*resolver=*/nullptr, options_,
-        std::make_shared<const TrafficPolicy>(policy_),
+        Indexed(policy_),
         [this](uint32_t, absl::AnyInvocable<void(DeliveryManager&)> fn) {
           loop_->Post([this, fn = std::move(fn)]() mutable { fn(*manager_); });
         },
@@ -532,7 +537,7 @@ TEST_F(ShapingTest, SuspendedDomainsAndStreamsWaitUntilAReloadResumesThem) {
   TrafficPolicy next = policy_;
   next.suspended_destinations = {"two.test"};
   next.suspended_streams.clear();
-  manager_->SetPolicy(std::make_shared<const TrafficPolicy>(next));
+  manager_->SetPolicy(Indexed(next));
   ASSERT_TRUE(RunUntil([&] { return HasSite("one.test") && manager_->parked() == 2u; }));
   EXPECT_EQ(Site("one.test").ready, 1u);
   EXPECT_EQ(Site("two.test").ready, 0u);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "auth/tls_channel.h"
@@ -480,11 +481,16 @@ class Connection {
   void HandleResult(const smtp::TransactionResult& result) {
     if (!job_.has_value()) return;
     // A reply that puts this source into backoff at the site sends the job back to wait
-    // for the pause to end, as no attempt was really made on its merits.
-    bool suspended = Observe(result.mail_reply);
-    for (const ServerReply& reply : result.recipients) suspended |= Observe(reply);
-    suspended |= Observe(result.data_reply);
-    suspended |= Observe(result.final_reply);
+    // for the pause to end, as no attempt was really made on its merits. Each distinct
+    // reply counts once (a refused MAIL is repeated for every recipient).
+    std::vector<const ServerReply*> replies = {&result.mail_reply, &result.data_reply,
+                                               &result.final_reply};
+    for (const ServerReply& reply : result.recipients) replies.push_back(&reply);
+    bool suspended = false;
+    absl::flat_hash_set<std::string> seen;
+    for (const ServerReply* reply : replies) {
+      if (seen.insert(reply->ToString()).second) suspended |= Observe(*reply);
+    }
     if (suspended && result.CountDelivered() == 0) {
       MTA_LOG_INFO("delivery: %s to %s: source in backoff, job requeued",
                    job_->message->envelope.id, peer_);
@@ -516,7 +522,7 @@ class Connection {
     content_.reset();
   }
 
-  // Feeds a server reply to the site's backoff rules; true if this source is now paused.
+  // Feeds a server reply to the site's backoff rules; true if it paused this source.
   bool Observe(const ServerReply& reply) {
     if (reply.empty() || reply.local || reply.positive() || reply.intermediate()) return false;
     return ctx_->manager->ObserveReply(*dest_, source_name_, reply.code, reply.enhanced,

@@ -1,5 +1,6 @@
 #include "mta/delivery/traffic_policy.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 
 namespace mta::delivery {
@@ -35,46 +36,71 @@ const Stream& TrafficPolicy::StreamFor(absl::string_view name) const {
   return streams.empty() ? *kNoStreams : streams.front();
 }
 
-const ShapingRule& TrafficPolicy::RuleFor(absl::string_view domain,
-                                          const std::vector<std::string>& hosts) const {
-  domain = WithoutRootDot(domain);
-  const ShapingRule* best_suffix = nullptr;
-  for (const ShapingRule& rule : rules) {
+void TrafficPolicy::Index() {
+  by_domain_.clear();
+  by_domain_suffix_.clear();
+  by_mx_suffix_.clear();
+  by_name_.clear();
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const ShapingRule& rule = rules[i];
+    by_name_.try_emplace(rule.name, i);
+    std::string pattern = absl::AsciiStrToLower(WithoutRootDot(rule.pattern));
     switch (rule.match) {
       case ShapingRule::Match::kDomain:
-        if (absl::EqualsIgnoreCase(domain, rule.pattern)) return rule;
+        by_domain_.try_emplace(pattern, i);
         break;
       case ShapingRule::Match::kDomainSuffix:
-        if (absl::EndsWithIgnoreCase(domain, rule.pattern) &&
-            (best_suffix == nullptr || rule.pattern.size() > best_suffix->pattern.size())) {
-          best_suffix = &rule;
-        }
+        by_domain_suffix_.try_emplace(pattern, i);
         break;
-      default:
+      case ShapingRule::Match::kMxSuffix:
+        by_mx_suffix_.try_emplace(pattern, i);
+        break;
+      case ShapingRule::Match::kDefault:
         break;
     }
   }
-  if (best_suffix != nullptr) return *best_suffix;
-  const ShapingRule* best_mx = nullptr;
-  for (const ShapingRule& rule : rules) {
-    if (rule.match != ShapingRule::Match::kMxSuffix) continue;
-    if (best_mx != nullptr && rule.pattern.size() <= best_mx->pattern.size()) continue;
-    for (const std::string& host : hosts) {
-      if (absl::EndsWithIgnoreCase(WithoutRootDot(host), rule.pattern)) {
-        best_mx = &rule;
-        break;
-      }
+}
+
+namespace {
+
+// The longest ".suffix" of `name` (lower-case, no root dot) in `index`: its rule position
+// and length, or {npos, 0}.
+std::pair<size_t, size_t> LongestSuffix(const absl::flat_hash_map<std::string, size_t>& index,
+                                        const std::string& name) {
+  if (index.empty()) return {std::string::npos, 0};
+  for (size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+    auto it = index.find(absl::string_view(name).substr(dot));
+    if (it != index.end()) return {it->second, name.size() - dot};
+  }
+  return {std::string::npos, 0};
+}
+
+}  // namespace
+
+const ShapingRule& TrafficPolicy::RuleFor(absl::string_view domain,
+                                          const std::vector<std::string>& hosts) const {
+  std::string d = absl::AsciiStrToLower(WithoutRootDot(domain));
+  if (auto it = by_domain_.find(d); it != by_domain_.end()) return rules[it->second];
+  if (auto [rule, len] = LongestSuffix(by_domain_suffix_, d); rule != std::string::npos) {
+    return rules[rule];
+  }
+  size_t best = std::string::npos, best_len = 0;
+  for (const std::string& host : hosts) {
+    if (by_mx_suffix_.empty()) break;
+    auto [rule, len] = LongestSuffix(by_mx_suffix_, absl::AsciiStrToLower(WithoutRootDot(host)));
+    // Longest suffix over all hosts; between equal lengths, the earlier rule.
+    if (rule != std::string::npos && (len > best_len || (len == best_len && rule < best))) {
+      best = rule;
+      best_len = len;
     }
   }
-  return best_mx != nullptr ? *best_mx : default_rule;
+  return best != std::string::npos ? rules[best] : default_rule;
 }
 
 const ShapingRule* TrafficPolicy::RuleNamed(absl::string_view name) const {
   if (name == default_rule.name) return &default_rule;
-  for (const ShapingRule& rule : rules) {
-    if (rule.name == name) return &rule;
-  }
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &rules[it->second];
 }
 
 const EgressSource* TrafficPolicy::SourceNamed(absl::string_view name) const {

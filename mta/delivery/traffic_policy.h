@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -88,18 +89,30 @@ struct TrafficPolicy {
   absl::flat_hash_set<std::string> suspended_sources;       // source names
   absl::flat_hash_set<std::string> suspended_streams;       // stream names
 
+  /**
+   * Builds the rule indexes that RuleFor() and RuleNamed() use. Call once the rules are
+   * filled in; the policy is immutable afterwards (the indexes hold positions, so copies
+   * stay valid).
+   */
+  void Index();
+
   /** The stream called `name`, else the one called "default", else the first. */
   const Stream& StreamFor(absl::string_view name) const;
   /**
    * The rule for a domain whose mail goes to `hosts`: an exact domain rule, else the
    * longest matching domain suffix, else the longest matching MX host suffix (any host),
-   * else the default.
+   * else the default. Hash look-ups per label of the names: the cost does not grow with
+   * the number of rules.
    */
   const ShapingRule& RuleFor(absl::string_view domain, const std::vector<std::string>& hosts) const;
   /** The rule called `name`, if any (the default rule is "default"). */
   const ShapingRule* RuleNamed(absl::string_view name) const;
   /** The source called `name`, if any. */
   const EgressSource* SourceNamed(absl::string_view name) const;
+
+ private:
+  // Positions in `rules`; for equal keys the first rule in config order.
+  absl::flat_hash_map<std::string, size_t> by_domain_, by_domain_suffix_, by_mx_suffix_, by_name_;
 };
 
 }  // namespace mta::delivery

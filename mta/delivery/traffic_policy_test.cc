@@ -20,6 +20,7 @@ TrafficPolicy PolicyWithRules() {
       Rule("exact", ShapingRule::Match::kDomain, "mail.example.com"),
       Rule("gmail", ShapingRule::Match::kDomain, "gmail.com"),
   };
+  p.Index();
   return p;
 }
 
@@ -56,6 +57,7 @@ TEST(TrafficPolicyTest, EqualSuffixesKeepConfigOrder) {
   p.default_rule = Rule("default", ShapingRule::Match::kDefault, "");
   p.rules = {Rule("first", ShapingRule::Match::kMxSuffix, ".mx.net"),
              Rule("second", ShapingRule::Match::kMxSuffix, ".mx.net")};
+  p.Index();
   EXPECT_EQ(p.RuleFor("d.org", {"a.mx.net"}).name, "first");
 }
 

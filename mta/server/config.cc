@@ -694,7 +694,6 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(suspended.StringList("sources", &c.suspended_sources));
   RETURN_IF_ERROR(suspended.StringList("streams", &c.suspended_streams));
   RETURN_IF_ERROR(suspended.Finish());
-  for (std::string& d : c.suspended_destinations) absl::AsciiStrToLower(&d);
   for (const std::string& name : c.suspended_sources) {
     if (!source_names.contains(name)) {
       return suspended.ErrorAt("sources",

@@ -175,7 +175,7 @@ listeners:
   yahoo.backoff.clear();
   EXPECT_EQ(c.shaping_rules[1], (ShapingRuleConfig{"yahoo", "yahoo.com", "", "", yahoo}));
   EXPECT_EQ(c.shaping_rules[2], (ShapingRuleConfig{"corp", "", ".corp.example", "", d}));
-  EXPECT_EQ(c.suspended_destinations, (std::vector<std::string>{"example.org", "gmail"}));
+  EXPECT_EQ(c.suspended_destinations, (std::vector<std::string>{"Example.ORG", "gmail"}));
   EXPECT_EQ(c.suspended_sources, std::vector<std::string>{"ip3"});
   EXPECT_EQ(c.suspended_streams, std::vector<std::string>{"bulk.news-1"});
   ASSERT_EQ(c.listeners.size(), 1u);

@@ -213,10 +213,13 @@ absl::StatusOr<std::shared_ptr<const TrafficPolicy>> BuildTrafficPolicy(const Co
   }
 
   for (const std::string& d : config.suspended_destinations) {
+    // Domains compare lower-case; rule names as written.
     policy.suspended_destinations.insert(absl::AsciiStrToLower(d));
+    policy.suspended_destinations.insert(d);
   }
   policy.suspended_sources.insert(config.suspended_sources.begin(), config.suspended_sources.end());
   policy.suspended_streams.insert(config.suspended_streams.begin(), config.suspended_streams.end());
+  policy.Index();
   return std::make_shared<const TrafficPolicy>(std::move(policy));
 }
 

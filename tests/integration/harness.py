@@ -48,7 +48,7 @@ class Mtad:
     """One mtad process with its own spool directory and port."""
 
     def __init__(self, workdir=None, shards=2, listener=None, server=None, limits=None,
-                 spool=None, preexec_fn=None, delivery=None):
+                 spool=None, preexec_fn=None, delivery=None, sections=None):
         self.workdir = workdir or tempfile.mkdtemp(prefix="mtad-it-")
         self.port = free_port()
         self.shards = shards
@@ -63,8 +63,12 @@ class Mtad:
         self.http_port = free_port()
         # Delivery stays off unless a test configures it: tests never reach real MX hosts.
         self.delivery = {"enabled": False} if delivery is None else delivery
+        # Further top-level sections (egress, streams, shaping, suspended, ...), each written
+        # as JSON, which is YAML flow style. Change them and call reload() to apply them live.
+        self.sections = dict(sections or {})
         self.proc = None
         self.log_path = os.path.join(self.workdir, "mtad.log")
+        self.config_path = os.path.join(self.workdir, "mtad.yaml")
 
     def config_text(self):
         lines = ["server:"]
@@ -90,15 +94,20 @@ class Mtad:
             first = False
             val = _yaml_list(v) if isinstance(v, list) else json.dumps(v)
             lines.append(f"{prefix}{k}: {val}")
+        for k, v in self.sections.items():
+            lines.append(f"{k}: {json.dumps(v)}")
         return "\n".join(lines) + "\n"
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            f.write(self.config_text())
 
     def start(self, timeout=15):
         mtad, _ = binaries()
-        cfg = os.path.join(self.workdir, "mtad.yaml")
-        with open(cfg, "w") as f:
-            f.write(self.config_text())
+        self.write_config()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([mtad, "--config", cfg, "--shards", str(self.shards)],
+        self.proc = subprocess.Popen([mtad, "--config", self.config_path,
+                                      "--shards", str(self.shards)],
                                      cwd=self.workdir, stdout=log, stderr=log,
                                      preexec_fn=self.preexec_fn)
         deadline = time.time() + timeout
@@ -114,6 +123,22 @@ class Mtad:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mtad did not start: " + self.log())
+
+    def reload(self, timeout=10):
+        """Rewrites the configuration file from the current attributes and sends SIGHUP;
+        returns once mtad has logged the reload (raises if it kept the old configuration)."""
+        before = self.log().count("SIGHUP: ")
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            lines = [l for l in self.log().splitlines() if "SIGHUP: " in l][before:]
+            for line in lines:
+                if "SIGHUP: reloaded" in line:
+                    return self
+                raise RuntimeError("mtad did not reload: " + line)
+            time.sleep(0.05)
+        raise RuntimeError("mtad did not log the reload: " + self.log()[-2000:])
 
     def stop(self, timeout=30):
         """Graceful stop (SIGTERM); returns the exit code."""

@@ -218,6 +218,12 @@ void DeliveryManager::AddToSite(const std::string& key, const std::string& budge
     budget->sites.push_back(slot.get());
   }
   Destination& site = *slot;
+  QueueOf(site, job).push_back(std::move(job));
+  ++site.ready;
+  Pump(*site.budget);
+}
+
+std::deque<Job>& DeliveryManager::QueueOf(Destination& site, const Job& job) {
   const Stream& stream = policy_->StreamFor(job.message->envelope.stream);
   auto it = std::find_if(site.queues.begin(), site.queues.end(),
                          [&](const auto& q) { return q.stream == stream.name; });
@@ -227,9 +233,7 @@ void DeliveryManager::AddToSite(const std::string& key, const std::string& budge
                             [&](const auto& q) { return q.priority < stream.priority; });
     it = site.queues.insert(pos, {.stream = stream.name, .priority = stream.priority});
   }
-  it->jobs.push_back(std::move(job));
-  ++site.ready;
-  Pump(*site.budget);
+  return it->jobs;
 }
 
 void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
@@ -479,15 +483,7 @@ void DeliveryManager::CompleteJob(Destination& dest, Job job, std::vector<Attemp
 }
 
 void DeliveryManager::ReturnJob(Destination& site, Job job) {
-  const Stream& stream = policy_->StreamFor(job.message->envelope.stream);
-  auto it = std::find_if(site.queues.begin(), site.queues.end(),
-                         [&](const auto& q) { return q.stream == stream.name; });
-  if (it == site.queues.end()) {
-    auto pos = std::find_if(site.queues.begin(), site.queues.end(),
-                            [&](const auto& q) { return q.priority < stream.priority; });
-    it = site.queues.insert(pos, {.stream = stream.name, .priority = stream.priority});
-  }
-  it->jobs.push_front(std::move(job));
+  QueueOf(site, job).push_front(std::move(job));
   ++site.ready;
   if (site.in_flight > 0) --site.in_flight;
 }

@@ -102,7 +102,6 @@ struct Destination {
   // Idle connections waiting for work: calling one makes it ask for the next job.
   struct IdleWaker {
     std::weak_ptr<bool> token;  // expired: the connection is no longer idle
-    std::string source;
     std::function<void()> wake;
   };
   std::deque<IdleWaker> idle;
@@ -202,6 +201,8 @@ class DeliveryManager {
   /** Jobs of suspended domains, rules or streams wait here until a policy resumes them. */
   bool Suspended(const Job& job, const std::string& rule_name) const;
   void SettleAll(Job job, const AttemptResult& result);
+  /** The site's queue for the job's stream, created in priority order if missing. */
+  std::deque<Job>& QueueOf(Destination& site, const Job& job);
   void Pump(Budget& budget);
   void OpenConnections(Budget& budget, Destination& site);
   /** A source of `pool` that may open a connection now, by weight; null if none. */

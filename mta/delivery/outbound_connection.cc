@@ -422,7 +422,7 @@ class Connection {
     if (!job.has_value()) {
       // Idle: offer ourselves to the destination until the idle timer ends the connection.
       idle_token_ = std::make_shared<bool>(true);
-      dest_->idle.push_back({idle_token_, source_name_, [this, alive = alive_] {
+      dest_->idle.push_back({idle_token_, [this, alive = alive_] {
                                if (!*alive || finished_) return;
                                idle_token_.reset();
                                Drive();  // takes the waiting job

@@ -57,6 +57,7 @@ class NullDelegate : public SessionDelegate {
   std::string NewQueueId() override { return "0123456789abcdef0123"; }
   absl::Time Now() override { return absl::UnixEpoch(); }
   void Submit(std::unique_ptr<queue::SpoolRecord> record) override { last_ = std::move(record); }
+  bool KnownStream(absl::string_view) override { return true; }
   std::unique_ptr<queue::SpoolRecord> last_;
 };
 

@@ -69,14 +69,10 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     s.listener_name = l.name;
     s.stream = l.stream;
     s.stream_header = l.stream_header;
-    for (const StreamConfig& st : config.streams) s.known_streams.insert(st.name);
+    // ParseConfig has checked that these streams exist.
     for (const StreamNetworkConfig& sn : l.stream_networks) {
       auto cidr = Cidr::Parse(sn.network);
       if (!cidr.ok()) return cidr.status();
-      if (!s.known_streams.empty() && !s.known_streams.contains(sn.stream)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "listener ", l.name, ": stream_networks: unknown stream \"", sn.stream, "\""));
-      }
       spec.stream_networks.emplace_back(*cidr, sn.stream);
     }
     s.max_message_bytes = config.max_message_bytes;

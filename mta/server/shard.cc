@@ -111,6 +111,7 @@ class Connection final : public smtp::SessionDelegate {
   // smtp::SessionDelegate
   std::string NewQueueId() override { return shard_->ids_.Next(absl::ToUnixMillis(Loop()->Now())); }
   absl::Time Now() override { return Loop()->Now(); }
+  bool KnownStream(absl::string_view stream) override { return shard_->KnownStream(stream); }
   void Submit(std::unique_ptr<queue::SpoolRecord> record) override {
     shard_->Submit(this, std::move(record));
   }
@@ -298,7 +299,8 @@ Shard::Shard(uint32_t index, ServerContext* context)
     : index_(index),
       context_(context),
       ids_(index, absl::Uniform<uint32_t>(absl::BitGen())),
-      queue_(context->body_budget) {}
+      queue_(context->body_budget),
+      policy_(context->policy) {}
 
 Shard::~Shard() {
   for (int fd : listen_fds_) ::close(fd);
@@ -366,8 +368,17 @@ absl::Status Shard::StartDelivery() {
 
 void Shard::ApplyPolicy(std::shared_ptr<const delivery::TrafficPolicy> policy) {
   loop_->Post([this, policy = std::move(policy)]() mutable {
+    policy_ = policy;
     if (delivery_ != nullptr) delivery_->SetPolicy(std::move(policy));
   });
+}
+
+bool Shard::KnownStream(absl::string_view stream) const {
+  if (policy_ == nullptr) return true;
+  for (const delivery::Stream& s : policy_->streams) {
+    if (s.name == stream) return true;
+  }
+  return false;
 }
 
 absl::Status Shard::Start() {

@@ -100,6 +100,7 @@ class Shard {
   void OnCommitted(uint64_t conn_id, absl::Status status,
                    std::unique_ptr<queue::SpoolRecord> record);
   void Enqueue(queue::Envelope envelope, std::optional<std::string> content);
+  bool KnownStream(absl::string_view stream) const;
   absl::Status StartDelivery();
   void MaybeFinishShutdown();
   void ShutdownOnLoop();
@@ -120,6 +121,7 @@ class Shard {
   std::unique_ptr<dns::Resolver> resolver_;
   delivery::OutboundContext outbound_;
   std::unique_ptr<delivery::DeliveryManager> delivery_;
+  std::shared_ptr<const delivery::TrafficPolicy> policy_;  // the latest reload's
   std::atomic<uint64_t> queued_{0};
   std::thread thread_;
 };

@@ -599,7 +599,7 @@ bool Session::ChooseStream(const std::vector<std::string>& header_values, std::s
     *stream = config_.stream;
     return true;
   }
-  if (!config_.known_streams.empty() && !config_.known_streams.contains(*named)) {
+  if (!delegate_->KnownStream(*named)) {
     *reject = absl::StrCat("550 5.7.1 Unknown stream ", QuoteForReply(*named), " in ",
                            config_.stream_header, " header");
     return false;

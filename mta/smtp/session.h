@@ -28,7 +28,6 @@ struct SessionConfig {
   // Header naming the message's stream (e.g. "X-Stream"); "" = streams are not chosen by
   // header. Always removed from accepted messages when set.
   std::string stream_header;
-  absl::flat_hash_set<std::string> known_streams;  // names a header may give; empty = any
   uint64_t max_message_bytes = 25 * 1024 * 1024;
   uint32_t max_recipients = 1000;
   uint32_t max_errors = 20;
@@ -52,6 +51,8 @@ class SessionDelegate {
   virtual absl::Time Now() = 0;
   /** Hands a finished message to the spool; must later call OnCommitDone exactly once. */
   virtual void Submit(std::unique_ptr<queue::SpoolRecord> record) = 0;
+  /** Whether a stream header may name `stream` (the configured streams; reloadable). */
+  virtual bool KnownStream(absl::string_view stream) = 0;
 };
 
 /**

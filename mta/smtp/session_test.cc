@@ -43,10 +43,14 @@ class FakeDelegate : public SessionDelegate {
   void Submit(std::unique_ptr<SpoolRecord> record) override {
     submitted.push_back(std::move(record));
   }
+  bool KnownStream(absl::string_view stream) override {
+    return known_streams.empty() || known_streams.contains(stream);
+  }
 
   absl::Time now = absl::FromUnixSeconds(kNowSeconds);
   int ids_issued = 0;
   std::vector<std::unique_ptr<SpoolRecord>> submitted;
+  absl::flat_hash_set<std::string> known_streams;  // empty = any
 };
 
 // Splits replies into lines, checking that every reply line ends with CRLF.
@@ -1158,7 +1162,7 @@ class SessionStreamTest : public SessionTest {
  protected:
   SessionStreamTest() {
     config_.stream_header = "X-Stream";
-    config_.known_streams = {"inbound", "bulk", "transactional"};
+    delegate_.known_streams = {"inbound", "bulk", "transactional"};
   }
 
   // Sends `body` with DATA and expects `reply` and no submission; the session goes on.
@@ -1298,7 +1302,7 @@ TEST_F(SessionStreamTest, EmptyValueFallsBackToListenerStream) {
 }
 
 TEST_F(SessionStreamTest, AnyStreamAcceptedWhenNoneAreKnown) {
-  config_.known_streams.clear();
+  delegate_.known_streams.clear();
   Start();
   BeginTransaction("<s@remote.example>", {"<u@local.example>"});
   const SpoolRecord* rec = SendMessage("X-Stream: anything\r\n\r\nbody\r\n");

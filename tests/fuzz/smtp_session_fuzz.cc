@@ -11,6 +11,7 @@ class D : public mta::smtp::SessionDelegate {
  public:
   std::string NewQueueId() override { return "0123456789abcdef0123"; }
   absl::Time Now() override { return absl::UnixEpoch(); }
+  bool KnownStream(absl::string_view) override { return true; }
   void Submit(std::unique_ptr<mta::queue::SpoolRecord> r) override {
     pending = true;
     last = std::move(r);

@@ -218,9 +218,14 @@ void DeliveryManager::AddToSite(const std::string& key, const std::string& budge
     budget->sites.push_back(slot.get());
   }
   Destination& site = *slot;
+  if (Suspended(job, site.budget->rule->name)) {
+    // Routed under a policy another shard had not replaced yet.
+    parked_.push_back(std::move(job));
+    return;
+  }
   QueueOf(site, job).push_back(std::move(job));
   ++site.ready;
-  Pump(*site.budget);
+  PumpSite(site);
 }
 
 std::deque<Job>& DeliveryManager::QueueOf(Destination& site, const Job& job) {
@@ -237,7 +242,8 @@ std::deque<Job>& DeliveryManager::QueueOf(Destination& site, const Job& job) {
 }
 
 void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
-  policy_ = std::move(policy);
+  // Budgets point into the old policy until they are moved over below.
+  std::shared_ptr<const TrafficPolicy> old = std::exchange(policy_, std::move(policy));
   absl::Time now = loop_->Now();
   for (auto& [key, budget] : budgets_) {
     // Rules are found again by name; a rule that is gone leaves its sites on the default.
@@ -300,11 +306,17 @@ Lane& DeliveryManager::LaneOf(Budget& budget, const std::string& source) {
   if (lane.throttle < 1 && now >= lane.suspended_until &&
       now - lane.throttled_at >= l.restore_interval) {
     // Backoff eases off one step per quiet interval: the throttle doubles back to 1.
-    lane.throttle = std::min(1.0, lane.throttle * 2);
-    lane.throttled_at = now;
+    while (lane.throttle < 1 && now - lane.throttled_at >= l.restore_interval) {
+      lane.throttle = std::min(1.0, lane.throttle * 2);
+      lane.throttled_at += l.restore_interval;
+    }
     ConfigureBucket(budget, lane);
     MTA_LOG_INFO("shaping: %s via %s: backoff eased, now at %d%% of the limits", budget.key,
                  source.empty() ? "default source" : source, static_cast<int>(lane.throttle * 100));
+  }
+  if (lane.throttle < 1) {
+    // The next easing step may allow more connections: look again then.
+    WakeBudgetAt(budget, std::max(lane.throttled_at, lane.suspended_until) + l.restore_interval);
   }
   return lane;
 }
@@ -328,11 +340,36 @@ bool DeliveryManager::StreamUsesSource(const Stream& stream, const std::string& 
 const EgressSource* DeliveryManager::PickSource(Budget& budget, int32_t pool,
                                                 bool* none_available) {
   absl::Time now = loop_->Now();
+  // When no source may open a connection now, the earliest time one may (its pause,
+  // down time or next token) gets a wake-up.
+  absl::Time retry_at = absl::InfiniteFuture();
+  auto usable = [&](Lane& lane, const std::string& name) {
+    absl::Time until = lane.suspended_until;
+    if (!name.empty()) {
+      auto down = source_down_until_.find(name);
+      if (down != source_down_until_.end()) until = std::max(until, down->second);
+    }
+    if (until > now) {
+      retry_at = std::min(retry_at, until);
+      return false;
+    }
+    if (!LaneOpen(lane, name, now)) return false;  // suspended by the policy: no timer
+    if (lane.connections >= ConnectionCap(*budget.rule, lane)) return false;
+    absl::Time token = lane.bucket.NextAvailable(now);
+    if (token > now) {
+      retry_at = std::min(retry_at, token);
+      return false;
+    }
+    return true;
+  };
+  auto none = [&]() -> const EgressSource* {
+    *none_available = true;
+    if (retry_at != absl::InfiniteFuture()) WakeBudgetAt(budget, retry_at);
+    return nullptr;
+  };
+  *none_available = false;
   if (pool < 0) {
-    Lane& lane = LaneOf(budget, "");
-    bool open = LaneOpen(lane, "", now) && lane.connections < ConnectionCap(*budget.rule, lane);
-    *none_available = !open;
-    if (!open && now < lane.suspended_until) WakeBudgetAt(budget, lane.suspended_until);
+    if (!usable(LaneOf(budget, ""), "")) return none();
     return nullptr;
   }
   // Smooth weighted round robin over the sources that may open a connection now: over
@@ -341,17 +378,10 @@ const EgressSource* DeliveryManager::PickSource(Budget& budget, int32_t pool,
   int64_t total = 0;
   Lane* best = nullptr;
   const EgressSource* chosen = nullptr;
-  absl::Time retry_at = absl::InfiniteFuture();
   for (const Pool::Member& m : p.members) {
     const EgressSource& src = policy_->sources[m.source];
     Lane& lane = LaneOf(budget, src.name);
-    if (!LaneOpen(lane, src.name, now)) {
-      retry_at = std::min(retry_at, lane.suspended_until);
-      auto down = source_down_until_.find(src.name);
-      if (down != source_down_until_.end()) retry_at = std::min(retry_at, down->second);
-      continue;
-    }
-    if (lane.connections >= ConnectionCap(*budget.rule, lane)) continue;
+    if (!usable(lane, src.name)) continue;
     lane.wrr_current += m.weight;
     total += m.weight;
     if (best == nullptr || lane.wrr_current > best->wrr_current) {
@@ -359,11 +389,7 @@ const EgressSource* DeliveryManager::PickSource(Budget& budget, int32_t pool,
       chosen = &src;
     }
   }
-  *none_available = best == nullptr;
-  if (best == nullptr) {
-    if (retry_at > now && retry_at != absl::InfiniteFuture()) WakeBudgetAt(budget, retry_at);
-    return nullptr;
-  }
+  if (best == nullptr) return none();
   best->wrr_current -= total;
   return chosen;
 }
@@ -382,29 +408,38 @@ void DeliveryManager::WakeBudgetAt(Budget& budget, absl::Time when) {
 }
 
 void DeliveryManager::Pump(Budget& budget) {
-  // Idle connections first: each asks for a job it may carry (a waker that cannot take
-  // one offers itself again, so only the wakers present now are called).
-  for (Destination* site : budget.sites) {
-    size_t n = site->idle.size();
-    while (n-- > 0 && site->ready > 0 && !site->idle.empty()) {
-      Destination::IdleWaker waker = std::move(site->idle.front());
-      site->idle.pop_front();
-      if (!waker.token.expired()) waker.wake();
-    }
-  }
-  // Then new connections, taking turns among the budget's sites.
+  // Sites take turns for free connection slots.
   size_t count = budget.sites.size();
   for (size_t i = 0; i < count; ++i) {
     Destination& site = *budget.sites[(budget.next_site + i) % count];
-    if (site.ready > 0) OpenConnections(budget, site);
+    if (site.ready > 0) PumpSite(site);
   }
   if (count > 0) budget.next_site = (budget.next_site + 1) % count;
 }
 
+void DeliveryManager::PumpSite(Destination& site) {
+  // Idle connections first: each asks for a job it may carry (a waker that cannot take
+  // one offers itself again, so only the wakers present now are called).
+  size_t n = site.idle.size();
+  while (n-- > 0 && site.ready > 0 && !site.idle.empty()) {
+    Destination::IdleWaker waker = std::move(site.idle.front());
+    site.idle.pop_front();
+    if (!waker.token.expired()) waker.wake();
+  }
+  if (site.ready > 0) OpenConnections(*site.budget, site);
+}
+
+void DeliveryManager::ConnectionIdle(Destination& site) {
+  if (site.ready > 0) OpenConnections(*site.budget, site);
+}
+
 void DeliveryManager::OpenConnections(Budget& budget, Destination& site) {
-  // One connection per ready job that no connection (opening or idle) is about to take,
-  // highest-priority streams first.
-  size_t covered = site.connections - std::min(site.connections, site.in_flight);
+  // One connection per ready job that no opening connection is about to take, highest-
+  // priority streams first. (Idle connections were offered the work already: those still
+  // idle cannot carry it, from their source or under their lane's limits.)
+  std::erase_if(site.idle, [](const Destination::IdleWaker& w) { return w.token.expired(); });
+  size_t busy = site.in_flight + site.idle.size();
+  size_t covered = site.connections - std::min<size_t>(site.connections, busy);
   if (site.ready <= covered) return;
   size_t want = site.ready - covered;
   for (const auto& q : site.queues) {
@@ -416,11 +451,6 @@ void DeliveryManager::OpenConnections(Budget& budget, Destination& site) {
       const EgressSource* source = PickSource(budget, stream.pool, &none);
       if (none) break;
       Lane& lane = LaneOf(budget, source == nullptr ? std::string() : source->name);
-      if (!lane.bucket.unlimited() && lane.bucket.NextAvailable(loop_->Now()) > loop_->Now()) {
-        // No message may leave from this source before its next token.
-        WakeBudgetAt(budget, lane.bucket.NextAvailable(loop_->Now()));
-        break;
-      }
       ++lane.connections;
       ++site.connections;
       --for_stream;
@@ -436,6 +466,9 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string
   absl::Time now = loop_->Now();
   Lane& lane = LaneOf(budget, source);
   if (!LaneOpen(lane, source, now)) return std::nullopt;
+  // Backoff may have lowered the cap below the connections already open: the extra
+  // ones get no more work and close when idle.
+  if (lane.connections > ConnectionCap(*budget.rule, lane)) return std::nullopt;
   for (auto& q : site.queues) {
     const Stream& stream = policy_->StreamFor(q.stream);
     if (!StreamUsesSource(stream, source)) continue;
@@ -513,6 +546,7 @@ bool DeliveryManager::ObserveReply(Destination& site, const std::string& source,
       // After the pause the lane restarts at half speed at most, then eases back.
       lane.suspended_until = std::max(lane.suspended_until, now + b.duration);
       lane.throttle = std::min(lane.throttle, 0.5);
+      lane.throttled_at = lane.suspended_until;  // easing starts when the pause ends
       MTA_LOG_WARNING("shaping: %s via %s: suspended for %s after \"%d %s %s\"", budget.key, who,
                       absl::FormatDuration(b.duration), code, enhanced, text);
       WakeBudgetAt(budget, lane.suspended_until);
@@ -525,6 +559,15 @@ bool DeliveryManager::ObserveReply(Destination& site, const std::string& source,
     return b.action == BackoffRule::Action::kSuspend;
   }
   return false;
+}
+
+void DeliveryManager::SourceCannotReach(Destination& site, const std::string& source,
+                                        absl::string_view why) {
+  Lane& lane = LaneOf(*site.budget, source);
+  lane.suspended_until = std::max(lane.suspended_until, loop_->Now() + options_.source_down_time);
+  MTA_LOG_WARNING("egress: source %s skipped at %s for %s: %s", source, site.budget->key,
+                  absl::FormatDuration(options_.source_down_time), why);
+  WakeBudgetAt(*site.budget, lane.suspended_until);
 }
 
 void DeliveryManager::SourceDown(const std::string& source, absl::string_view why) {
@@ -732,7 +775,8 @@ void DeliveryManager::Watchdog() {
   absl::erase_if(budgets_, [this, now](const auto& kv) {
     Budget& b = *kv.second;
     if (!b.sites.empty()) return false;
-    for (const auto& [source, lane] : b.lanes) {
+    for (auto& [source, lane] : b.lanes) {
+      LaneOf(b, source);  // eases the backoff by the time that passed
       if (lane.throttle < 1 || lane.suspended_until > now) return false;
     }
     if (b.wake_timer != 0) loop_->CancelTimer(b.wake_timer);
@@ -751,7 +795,27 @@ void DeliveryManager::Watchdog() {
                       absl::FormatDuration(now - dest->last_progress), dest->ready);
     }
   }
-  // Parked jobs still expire on time.
+  // Ready jobs expire on time even when no connection asks for them (their sources are
+  // all suspended or down).
+  for (auto& [key, site] : destinations_) {
+    for (auto& q : site->queues) {
+      const queue::RetryPolicy& r = policy_->StreamFor(q.stream).retry;
+      for (auto it = q.jobs.begin(); it != q.jobs.end();) {
+        if (!queue::Expired(r, absl::FromUnixMillis(it->message->envelope.received_ms), now)) {
+          ++it;
+          continue;
+        }
+        Job job = std::move(*it);
+        it = q.jobs.erase(it);
+        --site->ready;
+        std::string last_error = job.last_error;
+        SettleAll(
+            std::move(job),
+            {.kind = AttemptResult::Kind::kDeferred, .status = "4.4.7", .diagnostic = last_error});
+      }
+    }
+  }
+  // Parked jobs too.
   std::vector<Job> waiting, expired;
   for (Job& job : parked_) {
     const queue::RetryPolicy& r = policy_->StreamFor(job.message->envelope.stream).retry;

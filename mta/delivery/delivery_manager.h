@@ -174,6 +174,11 @@ class DeliveryManager {
    */
   bool ObserveReply(Destination& destination, const std::string& source, uint32_t code,
                     absl::string_view enhanced, absl::string_view text);
+  /** `source` cannot reach any address of the site: skipped there for a while. */
+  void SourceCannotReach(Destination& destination, const std::string& source,
+                         absl::string_view why);
+  /** A connection found no job it may carry and went idle: more may be needed. */
+  void ConnectionIdle(Destination& destination);
   /** Binding to `source` failed: it is skipped on this shard for a while. */
   void SourceDown(const std::string& source, absl::string_view why);
   /** A connection from `source` ended; frees its slot and opens more if work is waiting. */
@@ -204,6 +209,7 @@ class DeliveryManager {
   /** The site's queue for the job's stream, created in priority order if missing. */
   std::deque<Job>& QueueOf(Destination& site, const Job& job);
   void Pump(Budget& budget);
+  void PumpSite(Destination& site);
   void OpenConnections(Budget& budget, Destination& site);
   /** A source of `pool` that may open a connection now, by weight; null if none. */
   const EgressSource* PickSource(Budget& budget, int32_t pool, bool* none_available);

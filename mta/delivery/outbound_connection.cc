@@ -98,6 +98,12 @@ class Connection {
 
   void NextCandidate() {
     if (next_candidate_ >= dest_->hosts.size()) {
+      if (source_.has_value() && !family_matched_ && last_error_.has_value()) {
+        // No address of the site is of the source's family: the source is wrong for this
+        // site, not the site down; other sources may carry its mail.
+        ctx_->manager->SourceCannotReach(*dest_, source_name_, last_error_->diagnostic);
+        return Finish();
+      }
       return Fail(last_error_.has_value()
                       ? *last_error_
                       : Deferred("4.4.1", absl::StrCat("no mail host of ", dest_->key,
@@ -115,6 +121,7 @@ class Connection {
     }
     ctx_->resolver->ResolveAddresses(host_, [this](absl::StatusOr<std::vector<IpAddress>> a) {
       if (!a.ok()) {
+        family_matched_ = true;  // a DNS failure is the site's problem, not the source's
         last_error_ = Deferred(
             "4.4.3", absl::StrCat("cannot resolve mail host ", host_, ": ", a.status().message()));
         return NextCandidate();
@@ -142,6 +149,7 @@ class Connection {
                                          ") cannot reach ", peer_));
       return NextAddress();
     }
+    family_matched_ = true;
     fd_ = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (!len.ok() || fd_ < 0) {
       last_error_ = Deferred("4.4.1", absl::StrCat("socket for ", peer_, ": ", strerror(errno)));
@@ -395,11 +403,23 @@ class Connection {
                        : phase == Phase::kStartTls ? ctx_->tls_handshake_timeout
                                                    : ClientSession::DefaultTimeout(phase);
     if (loading_) d = absl::InfiniteDuration();  // the content loader answers in any case
-    deadline_ = d == absl::InfiniteDuration() ? absl::InfiniteFuture() : Loop()->Now() + d;
-    if (timer_ == 0 && deadline_ != absl::InfiniteFuture()) ArmTimerAt(deadline_);
+    // Idleness counts from when the last job ended: being offered work this connection
+    // cannot carry does not keep it open.
+    absl::Time from =
+        phase == Phase::kReady && idle_since_ != absl::InfinitePast() ? idle_since_ : Loop()->Now();
+    deadline_ = d == absl::InfiniteDuration() ? absl::InfiniteFuture() : from + d;
+    if (deadline_ == absl::InfiniteFuture()) return;
+    // A later deadline is caught when the pending timer fires; an earlier one (a short
+    // idle timeout after a long phase timeout) needs the timer moved.
+    if (timer_ != 0 && deadline_ < timer_at_) {
+      Loop()->CancelTimer(timer_);
+      timer_ = 0;
+    }
+    if (timer_ == 0) ArmTimerAt(deadline_);
   }
 
   void ArmTimerAt(absl::Time when) {
+    timer_at_ = when;
     timer_ = Loop()->AddTimer(when, [this, alive = alive_] {
       if (!*alive) return;
       timer_ = 0;
@@ -421,14 +441,18 @@ class Connection {
     std::optional<Job> job = ctx_->manager->TakeJob(*dest_, source_name_);
     if (!job.has_value()) {
       // Idle: offer ourselves to the destination until the idle timer ends the connection.
+      if (idle_since_ == absl::InfinitePast()) idle_since_ = Loop()->Now();
       idle_token_ = std::make_shared<bool>(true);
       dest_->idle.push_back({idle_token_, [this, alive = alive_] {
                                if (!*alive || finished_) return;
                                idle_token_.reset();
                                Drive();  // takes the waiting job
                              }});
+      // Ready work this connection cannot carry may need a connection of its own.
+      ctx_->manager->ConnectionIdle(*dest_);
       return;
     }
+    idle_since_ = absl::InfinitePast();
     job_ = *std::move(job);
     ++jobs_taken_;
     content_ = job_->message->content;
@@ -459,6 +483,7 @@ class Connection {
   }
 
   void SendJob() {
+    observed_.clear();
     const queue::Envelope& env = job_->message->envelope;
     smtp::OutboundMessage m;
     m.sender = env.sender;
@@ -481,16 +506,11 @@ class Connection {
   void HandleResult(const smtp::TransactionResult& result) {
     if (!job_.has_value()) return;
     // A reply that puts this source into backoff at the site sends the job back to wait
-    // for the pause to end, as no attempt was really made on its merits. Each distinct
-    // reply counts once (a refused MAIL is repeated for every recipient).
-    std::vector<const ServerReply*> replies = {&result.mail_reply, &result.data_reply,
-                                               &result.final_reply};
-    for (const ServerReply& reply : result.recipients) replies.push_back(&reply);
-    bool suspended = false;
-    absl::flat_hash_set<std::string> seen;
-    for (const ServerReply* reply : replies) {
-      if (seen.insert(reply->ToString()).second) suspended |= Observe(*reply);
-    }
+    // for the pause to end, as no attempt was really made on its merits.
+    bool suspended = Observe(result.mail_reply);
+    for (const ServerReply& reply : result.recipients) suspended |= Observe(reply);
+    suspended |= Observe(result.data_reply);
+    suspended |= Observe(result.final_reply);
     if (suspended && result.CountDelivered() == 0) {
       MTA_LOG_INFO("delivery: %s to %s: source in backoff, job requeued",
                    job_->message->envelope.id, peer_);
@@ -522,9 +542,12 @@ class Connection {
     content_.reset();
   }
 
-  // Feeds a server reply to the site's backoff rules; true if it paused this source.
+  // Feeds a server reply to the site's backoff rules; true if it paused this source. Each
+  // distinct reply counts once per transaction (a refused MAIL is repeated for every
+  // recipient, and a 421 also ends the session) and once for all greetings.
   bool Observe(const ServerReply& reply) {
     if (reply.empty() || reply.local || reply.positive() || reply.intermediate()) return false;
+    if (!observed_.insert(reply.ToString()).second) return false;
     return ctx_->manager->ObserveReply(*dest_, source_name_, reply.code, reply.enhanced,
                                        absl::StrJoin(reply.lines, " "));
   }
@@ -610,6 +633,9 @@ class Connection {
   std::optional<EgressSource> source_;  // none: the kernel picks the local address
   std::string source_name_;             // "" without a source
   uint32_t jobs_taken_ = 0;
+  absl::Time idle_since_ = absl::InfinitePast();  // when the connection last ran out of work
+  bool family_matched_ = false;  // some address had the source's family (or DNS failed)
+  absl::flat_hash_set<std::string> observed_;  // replies fed to backoff (see Observe)
   smtp::TlsPolicy tls_policy_;
   std::shared_ptr<bool> alive_;
   std::shared_ptr<bool> idle_token_;
@@ -635,6 +661,7 @@ class Connection {
   std::string send_buf_;
   size_t send_off_ = 0;
   event::EventLoop::TimerId timer_ = 0;
+  absl::Time timer_at_;
   absl::Time deadline_ = absl::InfiniteFuture();
 
   std::unique_ptr<ClientSession> session_;

@@ -35,7 +35,8 @@ class TokenBucket {
     if (unlimited()) return now;
     Refill(now);
     if (tokens_ >= 1) return now;
-    return now + absl::Seconds((1 - tokens_) / rate_);
+    // Never "now" while TryTake() would fail, however the rounding falls.
+    return now + std::max(absl::Microseconds(1), absl::Seconds((1 - tokens_) / rate_));
   }
 
  private:

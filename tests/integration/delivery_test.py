@@ -148,18 +148,9 @@ def delivery_config(nsd, port, **overrides):
 SHAPING = {"default": {"connect_timeout_s": 5, "idle_timeout_s": 1}}
 
 
-class Mtad(harness.Mtad):
-    """harness.Mtad plus a `shaping` section (SHAPING unless given)."""
-
-    def __init__(self, shaping=None, **kwargs):
-        super().__init__(**kwargs)
-        self.shaping = SHAPING if shaping is None else shaping
-
-    def config_text(self):
-        text = super().config_text()
-        if self.shaping:
-            text += f"shaping: {json.dumps(self.shaping)}\n"  # JSON is YAML flow style
-        return text
+def Mtad(**kwargs):
+    """harness.Mtad with the SHAPING section."""
+    return harness.Mtad(sections={"shaping": SHAPING}, **kwargs)
 
 
 def dsn_for(sink, original_rcpt, timeout=30):

@@ -8,7 +8,10 @@
 namespace mta::queue {
 namespace {
 
-constexpr uint8_t kVersion = 1;
+// Version 2 added auth_user after helo. Version 1 records (written before SMTP AUTH)
+// still decode, with an empty auth_user; every record is written as the current version.
+constexpr uint8_t kVersion = 2;
+constexpr uint8_t kVersionWithoutAuthUser = 1;
 // An encoded recipient takes at least 5 bytes (address length, notify, orcpt length,
 // state, attempts), which bounds what a corrupt count can make us allocate.
 constexpr size_t kMinRecipientBytes = 5;
@@ -83,6 +86,7 @@ std::string EncodeEnvelope(const Envelope& e) {
   PutString(&out, e.listener);
   PutString(&out, e.client_ip);
   PutString(&out, e.helo);
+  PutString(&out, e.auth_user);
   PutVarint(&out, ZigZag(e.received_ms));
   PutVarint(&out, e.content_bytes);
   PutVarint(&out, ZigZag(e.next_attempt_ms));
@@ -98,7 +102,8 @@ std::string EncodeEnvelope(const Envelope& e) {
 }
 
 absl::StatusOr<Envelope> DecodeEnvelope(absl::string_view bytes) {
-  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kVersion) {
+  const uint8_t version = bytes.empty() ? 0 : static_cast<uint8_t>(bytes[0]);
+  if (version != kVersion && version != kVersionWithoutAuthUser) {
     return absl::DataLossError("envelope: unknown version");
   }
   Reader r(bytes.substr(1));
@@ -108,8 +113,9 @@ absl::StatusOr<Envelope> DecodeEnvelope(absl::string_view bytes) {
   bool ok = r.String(&e.id) && r.String(&e.sender) && r.Small(&e.ret, 2) && r.String(&e.envid) &&
             r.Small(&e.body_type, 2) && r.Small(&smtputf8, 1) && r.String(&e.stream) &&
             r.String(&e.listener) && r.String(&e.client_ip) && r.String(&e.helo) &&
-            r.Varint(&received) && r.Varint(&e.content_bytes) && r.Varint(&next) &&
-            r.Varint(&count) && count <= bytes.size() / kMinRecipientBytes;
+            (version == kVersionWithoutAuthUser || r.String(&e.auth_user)) && r.Varint(&received) &&
+            r.Varint(&e.content_bytes) && r.Varint(&next) && r.Varint(&count) &&
+            count <= bytes.size() / kMinRecipientBytes;
   if (!ok) return absl::DataLossError("envelope: truncated or corrupt header");
   e.smtputf8 = smtputf8 != 0;
   e.received_ms = UnZigZag(received);

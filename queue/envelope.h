@@ -44,6 +44,7 @@ struct Envelope {
   std::string listener;     // name of the listener that accepted it
   std::string client_ip;    // peer address
   std::string helo;         // client's EHLO/HELO argument
+  std::string auth_user;    // SMTP AUTH identity that submitted it; "" = not authenticated
   int64_t received_ms = 0;  // Unix milliseconds at acceptance
   uint64_t content_bytes = 0;
   int64_t next_attempt_ms = 0;

@@ -26,6 +26,7 @@ Envelope FullEnvelope() {
   e.listener = "submission";
   e.client_ip = "2001:db8::1";
   e.helo = "client.example";
+  e.auth_user = "alice";
   e.received_ms = 1700000000123;
   e.content_bytes = 123456789;
   e.next_attempt_ms = 1700000300000;
@@ -56,8 +57,9 @@ void ExpectDataLoss(absl::string_view bytes, const std::string& what) {
 }
 
 // Hand-built encodings for targeted corruption. Fields in order: version, id, sender, ret,
-// envid, body_type, smtputf8, stream, listener, client_ip, helo, received, content_bytes,
-// next_attempt, recipient count, then per recipient: address, notify, orcpt, state, attempts.
+// envid, body_type, smtputf8, stream, listener, client_ip, helo, auth_user (version 2 on),
+// received, content_bytes, next_attempt, recipient count, then per recipient: address,
+// notify, orcpt, state, attempts.
 struct Raw {
   std::string bytes;
   Raw& Byte(uint8_t b) {
@@ -80,8 +82,9 @@ struct Raw {
 
 Raw Header(uint64_t ret = 0, uint64_t body = 0, uint64_t utf8 = 0, uint64_t count = 0) {
   Raw r;
-  r.Byte(1).Str("id").Str("s@x").Varint(ret).Str("").Varint(body).Varint(utf8);
-  r.Str("st").Str("l").Str("1.2.3.4").Str("h").Varint(2).Varint(7).Varint(4).Varint(count);
+  r.Byte(2).Str("id").Str("s@x").Varint(ret).Str("").Varint(body).Varint(utf8);
+  r.Str("st").Str("l").Str("1.2.3.4").Str("h").Str("u");
+  r.Varint(2).Varint(7).Varint(4).Varint(count);
   return r;
 }
 
@@ -89,7 +92,7 @@ TEST(EnvelopeTest, RoundTripFull) {
   const Envelope e = FullEnvelope();
   const std::string bytes = EncodeEnvelope(e);
   ASSERT_FALSE(bytes.empty());
-  EXPECT_EQ(static_cast<uint8_t>(bytes[0]), 1);  // version
+  EXPECT_EQ(static_cast<uint8_t>(bytes[0]), 2);  // version
   auto d = DecodeEnvelope(bytes);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(*d, e);
@@ -143,7 +146,7 @@ TEST(EnvelopeTest, RoundTripBinaryAndLongStrings) {
 TEST(EnvelopeTest, EmptyAndUnknownVersion) {
   ExpectDataLoss("", "empty");
   std::string bytes = EncodeEnvelope(FullEnvelope());
-  for (uint8_t v : {0, 2, 0x81, 0xff}) {
+  for (uint8_t v : {0, 3, 0x81, 0xff}) {
     bytes[0] = static_cast<char>(v);
     ExpectDataLoss(bytes, absl::StrCat("version ", v));
   }
@@ -179,6 +182,7 @@ TEST(EnvelopeTest, HandBuiltMatchesEncoder) {
   EXPECT_EQ(d->listener, "l");
   EXPECT_EQ(d->client_ip, "1.2.3.4");
   EXPECT_EQ(d->helo, "h");
+  EXPECT_EQ(d->auth_user, "u");
   EXPECT_EQ(d->received_ms, 1);  // zig-zag 2
   EXPECT_EQ(d->content_bytes, 7u);
   EXPECT_EQ(d->next_attempt_ms, 2);  // zig-zag 4
@@ -189,6 +193,53 @@ TEST(EnvelopeTest, HandBuiltMatchesEncoder) {
   EXPECT_EQ(d->recipients[0].state, RecipientState::kBounced);
   EXPECT_EQ(d->recipients[0].attempts, 9u);
   EXPECT_EQ(EncodeEnvelope(*d), raw.bytes);
+}
+
+// A record written by the version 1 encoder (before auth_user existed), byte for byte: spools
+// from before SMTP AUTH must still recover.
+constexpr char kVersion1Record[] =
+    "\x01\x14\x30\x31\x38\x66\x33\x61\x32\x62\x34\x63\x35\x64\x30\x33\x30\x30\x30\x61"
+    "\x31\x66\x12\x73\x65\x6e\x64\x65\x72\x40\x65\x78\x61\x6d\x70\x6c\x65\x2e\x63\x6f"
+    "\x6d\x02\x0e\x65\x6e\x76\x65\x6c\x6f\x70\x65\x2b\x69\x64\x3d\x34\x32\x02\x01\x04"
+    "\x62\x75\x6c\x6b\x0a\x73\x75\x62\x6d\x69\x73\x73\x69\x6f\x6e\x0b\x32\x30\x30\x31"
+    "\x3a\x64\x62\x38\x3a\x3a\x31\x0e\x63\x6c\x69\x65\x6e\x74\x2e\x65\x78\x61\x6d\x70"
+    "\x6c\x65\xf6\xa1\xab\xfe\xf9\x62\x95\x9a\xef\x3a\xc0\xef\xcf\xfe\xf9\x62\x01\x11"
+    "\x61\x6c\x69\x63\x65\x40\x65\x78\x61\x6d\x70\x6c\x65\x2e\x6e\x65\x74\x0e\x18\x72"
+    "\x66\x63\x38\x32\x32\x3b\x41\x6c\x69\x63\x65\x40\x45\x78\x61\x6d\x70\x6c\x65\x2e"
+    "\x6e\x65\x74\x01\x03";
+
+TEST(EnvelopeTest, Version1RecordStillDecodes) {
+  Envelope expected = FullEnvelope();
+  expected.auth_user = "";
+  expected.recipients.resize(1);
+  const absl::string_view v1(kVersion1Record, sizeof(kVersion1Record) - 1);
+  auto d = DecodeEnvelope(v1);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d, expected);
+  // Rewritten (e.g. when a recipient's state is recorded) it becomes a version 2 record.
+  const std::string v2 = EncodeEnvelope(*d);
+  EXPECT_EQ(static_cast<uint8_t>(v2[0]), 2);
+  auto again = DecodeEnvelope(v2);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, expected);
+  // Every truncation of the old record is still caught.
+  for (size_t n = 0; n < v1.size(); ++n) {
+    ExpectDataLoss(v1.substr(0, n), absl::StrCat("v1 truncated to ", n));
+  }
+}
+
+TEST(EnvelopeTest, Version1HandBuiltHasNoAuthUser) {
+  Raw raw;
+  raw.Byte(1).Str("id").Str("s@x").Varint(0).Str("").Varint(0).Varint(0);
+  raw.Str("st").Str("l").Str("1.2.3.4").Str("h").Varint(2).Varint(7).Varint(4).Varint(0);
+  auto d = DecodeEnvelope(raw.bytes);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->helo, "h");
+  EXPECT_EQ(d->auth_user, "");
+  EXPECT_EQ(d->received_ms, 1);
+  // The same bytes labelled version 2 lack the auth_user field: corrupt, never misread.
+  raw.bytes[0] = 2;
+  ExpectDataLoss(raw.bytes, "v1 body under version 2");
 }
 
 TEST(EnvelopeTest, OutOfRangeFieldsAreDataLoss) {
@@ -212,10 +263,10 @@ TEST(EnvelopeTest, HugeCountsAndLengthsAreDataLoss) {
   ExpectDataLoss(Header(0, 0, 0, std::numeric_limits<uint64_t>::max()).bytes, "count max");
   ExpectDataLoss(Header(0, 0, 0, 5).bytes, "count 5 with no recipients");
   Raw huge_string;
-  huge_string.Byte(1).Varint(std::numeric_limits<uint64_t>::max()).Str("x");
+  huge_string.Byte(2).Varint(std::numeric_limits<uint64_t>::max()).Str("x");
   ExpectDataLoss(huge_string.bytes, "string length max");
   Raw long_string;
-  long_string.Byte(1).Varint(1000).Str("short");
+  long_string.Byte(2).Varint(1000).Str("short");
   ExpectDataLoss(long_string.bytes, "string length past end");
   // A varint that never terminates.
   std::string endless(1, '\x01');
@@ -257,7 +308,8 @@ TEST(EnvelopeTest, RandomGarbageNeverCrashes) {
   for (int iter = 0; iter < 20000; ++iter) {
     std::string bytes(len(rng), '\0');
     for (char& c : bytes) c = static_cast<char>(byte(rng));
-    if (!bytes.empty() && iter % 2 == 0) bytes[0] = 1;  // get past the version check
+    // Get past the version check, for both versions.
+    if (!bytes.empty() && iter % 2 == 0) bytes[0] = static_cast<char>(1 + (iter / 2) % 2);
     auto r = DecodeEnvelope(bytes);
     if (!r.ok()) {
       EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);

@@ -11,6 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests and benchmarks: real SMTP peers and load tools, a real DNS server
   python3 swaks postfix nsd openssl ca-certificates
+  # independent DKIM verifiers for tests/integration/dkim_verify_test.py
+  python3-dkim python3-dnspython opendkim-tools
 )
 
 missing=()

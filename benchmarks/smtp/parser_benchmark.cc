@@ -58,6 +58,7 @@ class NullDelegate : public SessionDelegate {
   absl::Time Now() override { return absl::UnixEpoch(); }
   void Submit(std::unique_ptr<queue::SpoolRecord> record) override { last_ = std::move(record); }
   bool KnownStream(absl::string_view) override { return true; }
+  void VerifyCredentials(std::string, std::string) override {}
   std::unique_ptr<queue::SpoolRecord> last_;
 };
 

@@ -80,15 +80,23 @@ suspended:                    # mail that waits in the queue instead of being de
   destinations: []            # recipient domains or shaping rule names
   sources: []                 # egress sources not sent from
   streams: []                 # streams whose mail is held
+auth:                         # SMTP AUTH; each listener enables it with its own auth key
+  password_file: ""           # user:hash:sender_domains[:stream] lines (see mtactl passwd)
+  max_failures: 5             # failed AUTH attempts per client IP and per user ...
+  failure_window: 5m          # ... within this window; later attempts get 454 until it passes
 listeners:                    # SMTP listeners; each key below applies per listener
   - name: default             # label used in logs and the spool
     address: 127.0.0.1:2525   # IP literal and port ([v6]:port for IPv6)
     relay_networks: [127.0.0.0/8, "::1/128"]  # clients allowed to relay to any domain
+    auth: {enabled: false, trusted: false}  # AUTH PLAIN LOGIN under TLS; trusted: plain text too
     stream: default           # stream when neither stream_networks nor stream_header chooses one
     stream_networks: []       # e.g. [{network: 10.0.0.0/8, stream: transactional}]
     stream_header: ""         # header naming the message's stream, e.g. X-Stream ("" = none)
     add_missing_headers: true # add Message-ID and Date when missing (submission role)
     greeting_delay_ms: 0      # wait before the greeting; clients that talk first are rejected
+    tls: none                 # none, starttls (offered in EHLO) or implicit (TLS first, as on 465)
+    tls_cert_file: ""         # PEM certificate chain for starttls/implicit (re-read on SIGHUP)
+    tls_key_file: ""          # PEM private key of that certificate
 )";
 
 // Walks one YAML map, remembering which keys were read so unknown ones can be reported.
@@ -98,7 +106,9 @@ class MapReader {
       : node_(node), path_(std::move(path)), source_(source) {}
 
   absl::Status Check() const {
-    if (node_ && !node_.IsNull() && !node_.IsMap()) return Error(node_, "must be a map");
+    if (node_ && !node_.IsNull() && !node_.IsMap()) {
+      return Error(node_, path_.empty() ? "must be a map" : absl::StrCat(path_, ": must be a map"));
+    }
     return absl::OkStatus();
   }
 
@@ -302,6 +312,13 @@ absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_vi
   RETURN_IF_ERROR(r.String("name", &l->name));
   RETURN_IF_ERROR(r.String("address", &l->address));
   RETURN_IF_ERROR(r.StringList("relay_networks", &l->relay_networks));
+  {
+    MapReader a(r.Get("auth"), r.Path("auth"), source);
+    RETURN_IF_ERROR(a.Check());
+    RETURN_IF_ERROR(a.Bool("enabled", &l->auth_enabled));
+    RETURN_IF_ERROR(a.Bool("trusted", &l->auth_trusted));
+    RETURN_IF_ERROR(a.Finish());
+  }
   RETURN_IF_ERROR(r.String("stream", &l->stream));
   RETURN_IF_ERROR(
       ReadMapList(r, "stream_networks", &l->stream_networks,
@@ -320,7 +337,16 @@ absl::Status ParseListener(const YAML::Node& node, size_t index, absl::string_vi
   RETURN_IF_ERROR(r.String("stream_header", &l->stream_header));
   RETURN_IF_ERROR(r.Bool("add_missing_headers", &l->add_missing_headers));
   RETURN_IF_ERROR(r.Int("greeting_delay_ms", 0, 30000, &l->greeting_delay_ms));
+  RETURN_IF_ERROR(r.String("tls", &l->tls));
+  RETURN_IF_ERROR(r.String("tls_cert_file", &l->tls_cert_file));
+  RETURN_IF_ERROR(r.String("tls_key_file", &l->tls_key_file));
   RETURN_IF_ERROR(r.Finish());
+  if (l->tls != "none" && l->tls != "starttls" && l->tls != "implicit") {
+    return r.Error(node["tls"], "tls", "must be none, starttls or implicit");
+  }
+  if (l->tls != "none" && (l->tls_cert_file.empty() || l->tls_key_file.empty())) {
+    return r.Error(node["tls"], "tls", "starttls and implicit need tls_cert_file and tls_key_file");
+  }
   if (l->name.empty()) return r.Error(node, "name: must not be empty");
   if (auto hp = HostPort::Parse(l->address); !hp.ok()) {
     return r.Error(node["address"], "address", hp.status().message());
@@ -704,6 +730,14 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
     if (!stream_names.contains(name)) return suspended.ErrorAt("streams", UnknownStream(name));
   }
 
+  MapReader auth(top.Get("auth"), "auth", source);
+  RETURN_IF_ERROR(auth.Check());
+  RETURN_IF_ERROR(auth.String("password_file", &c.auth_password_file));
+  RETURN_IF_ERROR(auth.Int("max_failures", 1, 1000, &c.auth_max_failures));
+  RETURN_IF_ERROR(auth.String("failure_window", &c.auth_failure_window));
+  RETURN_IF_ERROR(auth.Finish());
+  if (!IsOneDuration(c.auth_failure_window)) return auth.ErrorAt("failure_window", kOneDuration);
+
   YAML::Node listeners = top.Get("listeners");
   if (listeners) {
     if (!listeners.IsSequence() || listeners.size() == 0) {
@@ -716,6 +750,10 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
       RETURN_IF_ERROR(ParseListener(listeners[i], i, source, stream_names, &l));
       if (!names.insert(l.name).second) {
         return top.Error(listeners[i], "listeners", absl::StrCat("duplicate name '", l.name, "'"));
+      }
+      if (l.auth_enabled && c.auth_password_file.empty()) {
+        return top.Error(listeners[i], absl::StrCat("listeners[", i, "].auth.enabled"),
+                         "needs auth.password_file");
       }
       c.listeners.push_back(std::move(l));
     }

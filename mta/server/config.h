@@ -23,12 +23,21 @@ struct ListenerConfig {
   std::string name = "default";
   std::string address = "127.0.0.1:2525";
   std::vector<std::string> relay_networks = {"127.0.0.0/8", "::1/128"};
+  // SMTP AUTH (`auth: {enabled, trusted}`): offered under TLS; `trusted` also offers it in
+  // plain text (listeners only loopback clients reach). Authenticated clients may relay.
+  bool auth_enabled = false;
+  bool auth_trusted = false;
   std::string stream = "default";  // stream when neither a network nor the header names one
   // Stream choice, most specific first: the client's network, then a header, then `stream`.
   std::vector<StreamNetworkConfig> stream_networks;
   std::string stream_header;  // e.g. "X-Stream"; "" = streams are not chosen by header
   bool add_missing_headers = true;
   uint32_t greeting_delay_ms = 0;
+  // TLS: "none", "starttls" (offered after EHLO) or "implicit" (RFC 8314: TLS from the
+  // first byte, port 465 style). The files are PEM and re-read on SIGHUP.
+  std::string tls = "none";
+  std::string tls_cert_file;  // certificate chain, server certificate first
+  std::string tls_key_file;
 
   bool operator==(const ListenerConfig&) const = default;
 };
@@ -168,6 +177,10 @@ struct Config {
   std::vector<std::string> suspended_destinations;  // recipient domains or rule names
   std::vector<std::string> suspended_sources;
   std::vector<std::string> suspended_streams;
+  // auth (SMTP AUTH credentials and failure limits; listeners enable AUTH)
+  std::string auth_password_file;          // "" = none (then no listener may enable AUTH)
+  uint32_t auth_max_failures = 5;          // failed attempts per client IP and per user ...
+  std::string auth_failure_window = "5m";  // ... within this; more get 454 until it passes
   // listeners
   std::vector<ListenerConfig> listeners = {ListenerConfig()};
 

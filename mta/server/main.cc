@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "auth/credential_verifier.h"
+#include "auth/password_file.h"
 #include "auth/tls_context.h"
 #include "metrics/http_server.h"
 #include "mta/base/log.h"
@@ -64,11 +66,13 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
       spec.relay_networks.push_back(*cidr);
     }
     spec.greeting_delay_ms = l.greeting_delay_ms;
+    spec.implicit_tls = l.tls == "implicit";
     smtp::SessionConfig& s = spec.session;
     s.hostname = config.hostname;
     s.listener_name = l.name;
     s.stream = l.stream;
     s.stream_header = l.stream_header;
+    s.starttls = l.tls == "starttls";
     // ParseConfig has checked that these streams exist.
     for (const StreamNetworkConfig& sn : l.stream_networks) {
       auto cidr = Cidr::Parse(sn.network);
@@ -80,11 +84,65 @@ absl::StatusOr<std::vector<ListenerSpec>> BuildListeners(const Config& config) {
     s.max_errors = config.max_errors;
     s.max_hops = config.max_hops;
     s.add_missing_headers = l.add_missing_headers;
+    s.auth_enabled = l.auth_enabled;
+    s.auth_trusted = l.auth_trusted;
     for (const std::string& d : config.local_domains)
       s.local_domains.insert(absl::AsciiStrToLower(d));
     specs.push_back(std::move(spec));
   }
   return specs;
+}
+
+// Reads each TLS listener's certificate and key (start-up and SIGHUP; never on a shard).
+absl::StatusOr<std::vector<std::shared_ptr<const auth::ServerTlsContext>>> LoadServerTls(
+    const Config& config) {
+  std::vector<std::shared_ptr<const auth::ServerTlsContext>> out;
+  for (const ListenerConfig& l : config.listeners) {
+    if (l.tls == "none") {
+      out.push_back(nullptr);
+      continue;
+    }
+    auto context = auth::ServerTlsContext::Create(l.tls_cert_file, l.tls_key_file);
+    if (!context.ok()) {
+      return absl::Status(context.status().code(),
+                          absl::StrCat("listener ", l.name, ": ", context.status().message()));
+    }
+    out.push_back(*std::move(context));
+  }
+  return out;
+}
+
+// SMTP AUTH: reads auth.password_file (null when none is configured) and checks that the
+// streams it names exist. Blocking: start-up, SIGHUP and --check-config only.
+absl::StatusOr<std::shared_ptr<const auth::PasswordFile>> LoadPasswordFile(const Config& config) {
+  if (config.auth_password_file.empty()) return nullptr;
+  auto file = auth::PasswordFile::Load(config.auth_password_file);
+  if (!file.ok()) return file.status();
+  for (const auth::PasswordEntry& e : (*file)->entries()) {
+    if (e.user.stream.empty()) continue;
+    bool known = false;
+    for (const StreamConfig& st : config.streams) known = known || st.name == e.user.stream;
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(config.auth_password_file, ": user '",
+                                                     e.user.name, "': unknown stream '",
+                                                     e.user.stream, "' (not defined in streams)"));
+    }
+  }
+  return std::shared_ptr<const auth::PasswordFile>(*std::move(file));
+}
+
+// SIGHUP: the password file is re-read (path changes need a restart). New AUTH attempts use
+// it; sessions already authenticated keep their user. A bad file keeps the loaded one.
+void ReloadPasswordFile(const Config& running, auth::CredentialVerifier* verifier) {
+  if (verifier == nullptr) return;
+  auto passwords = LoadPasswordFile(running);
+  if (!passwords.ok()) {
+    MTA_LOG_ERROR("SIGHUP: %s; keeping the loaded password file", passwords.status().message());
+    return;
+  }
+  MTA_LOG_INFO("SIGHUP: password file %s reloaded: %d users", running.auth_password_file,
+               (*passwords)->entries().size());
+  verifier->SetPasswordFile(*std::move(passwords));
 }
 
 // SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules and
@@ -125,6 +183,13 @@ void Reload(const std::string& path, Config* running,
     return;
   }
   for (const auto& shard : shards) shard->ApplyPolicy(*policy);
+  // Certificates are re-read from the running listeners' files (renewed in place).
+  auto tls = LoadServerTls(*running);
+  if (!tls.ok()) {
+    MTA_LOG_ERROR("SIGHUP: %s; keeping the loaded certificates", tls.status().message());
+  } else {
+    for (const auto& shard : shards) shard->ApplyServerTls(*tls);
+  }
   Config rest = fresh;
   CopyReloadable(*running, &rest);
   bool others_changed = !(rest == *running);
@@ -200,6 +265,9 @@ int Run(int argc, char** argv) {
       if (path == nullptr) return Fail("--check-config needs a FILE");
       auto config = LoadConfigFile(path);
       if (!config.ok()) return Fail(std::string(config.status().message()));
+      if (auto passwords = LoadPasswordFile(*config); !passwords.ok()) {
+        return Fail(std::string(passwords.status().message()));
+      }
       std::printf("%s: ok\n", path);
       return 0;
     } else if (arg == "--config") {
@@ -271,9 +339,16 @@ int Run(int argc, char** argv) {
     context.outbound.tls = client_tls.get();
   }
   context.listeners = *std::move(listeners);
+  auto server_tls = LoadServerTls(config);
+  if (!server_tls.ok()) return Fail(std::string(server_tls.status().message()));
+  context.server_tls = *std::move(server_tls);
   context.spool = spool->get();
   context.limiter = &limiter;
   context.body_budget = &body_budget;
+  context.auth_max_failures = config.auth_max_failures;
+  auto auth_window = queue::RetryPolicy::ParseIntervals(config.auth_failure_window);
+  if (!auth_window.ok()) return Fail(std::string(auth_window.status().message()));
+  context.auth_failure_window = auth_window->front();
 
   std::vector<std::unique_ptr<Shard>> shards;
   for (uint32_t i = 0; i < config.shards; ++i) {
@@ -281,6 +356,18 @@ int Run(int argc, char** argv) {
     context.shards.push_back(shards.back().get());
     absl::Status s = shards.back()->Init();
     if (!s.ok()) return Fail(std::string(s.message()));
+  }
+
+  // SMTP AUTH. Declared after the shards so that it is destroyed first: its thread may still
+  // post verdicts into their loops until then.
+  std::unique_ptr<auth::CredentialVerifier> verifier;
+  {
+    auto passwords = LoadPasswordFile(config);
+    if (!passwords.ok()) return Fail(std::string(passwords.status().message()));
+    if (*passwords != nullptr) {
+      verifier = std::make_unique<auth::CredentialVerifier>(*std::move(passwords));
+      context.verifier = verifier.get();
+    }
   }
 
   absl::Time recover_start = absl::Now();
@@ -337,6 +424,7 @@ int Run(int argc, char** argv) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGHUP) {
       Reload(config_path, &config, shards);
+      ReloadPasswordFile(config, verifier.get());
       continue;
     }
     MTA_LOG_INFO("signal %d: shutting down (grace %d s)", sig, config.shutdown_grace_s);

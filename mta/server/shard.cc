@@ -13,6 +13,8 @@
 #include "absl/hash/hash.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "auth/credential_verifier.h"
+#include "auth/tls_channel.h"
 #include "mta/base/log.h"
 
 namespace mta::server {
@@ -45,13 +47,14 @@ class Connection final : public smtp::SessionDelegate {
  public:
   static constexpr size_t kMaxOutputBacklog = 64 * 1024;
 
-  Connection(Shard* shard, uint64_t id, int fd, const ListenerSpec& spec, smtp::ClientInfo client)
+  Connection(Shard* shard, uint64_t id, int fd, size_t listener, smtp::ClientInfo client)
       : shard_(shard),
         id_(id),
         fd_(fd),
-        spec_(spec),
+        listener_(listener),
+        spec_(shard->context_->listeners[listener]),
         ip_(client.ip),
-        session_(spec.session, std::move(client), this),
+        session_(spec_.session, std::move(client), this),
         recv_op_(this, &Connection::OnRecv),
         send_op_(this, &Connection::OnSend) {}
 
@@ -62,6 +65,19 @@ class Connection final : public smtp::SessionDelegate {
 
   /** Greets (or rejects with `reject`) and starts reading. */
   void Begin(const std::string& reject) {
+    if (spec_.implicit_tls) {
+      // RFC 8314: the handshake comes first; the greeting (or refusal) waits for it.
+      if (!StartTls()) return;
+      greeted_ = true;
+      if (reject.empty()) {
+        session_.Greet();
+      } else {
+        session_.RejectAndClose(reject);
+      }
+      RefreshDeadline();
+      ArmRecv();
+      return;
+    }
     if (!reject.empty()) {
       session_.RejectAndClose(reject);
       Flush();
@@ -93,7 +109,13 @@ class Connection final : public smtp::SessionDelegate {
   /** Call after anything that may have changed the session's phase or output. */
   void AfterSessionCall() {
     RefreshDeadline();
-    Flush();
+    Flush();  // the "220 Ready to start TLS" still goes out in plain text
+    if (session_.phase() == smtp::Session::Phase::kStartTls && tls_ == nullptr) {
+      // From here on every received byte is TLS (plain text pipelined after STARTTLS was
+      // dropped by the session), so the ClientHello may arrive before our 220 send
+      // completes and must not be mistaken for a command.
+      if (!StartTls()) return;
+    }
     MaybeArmRecv();
   }
 
@@ -114,6 +136,10 @@ class Connection final : public smtp::SessionDelegate {
   bool KnownStream(absl::string_view stream) override { return shard_->KnownStream(stream); }
   void Submit(std::unique_ptr<queue::SpoolRecord> record) override {
     shard_->Submit(this, std::move(record));
+  }
+  void VerifyCredentials(std::string user, std::string password) override {
+    shard_->VerifyCredentials(this, spec_.session.listener_name, std::move(user),
+                              std::move(password));
   }
 
  private:
@@ -176,13 +202,65 @@ class Connection final : public smtp::SessionDelegate {
       RejectEarlyTalker();
       return;
     }
+    if (tls_ != nullptr) {
+      absl::Status s = tls_->FeedCiphertext(data);
+      Loop()->RecycleBuffer(flags);
+      if (s.ok()) s = PumpTls();
+      if (!s.ok()) {
+        MTA_LOG_DEBUG("inbound TLS from %s: %s", ip_, s.message());
+        session_.OnTlsFailed();  // a failed channel ends the session (alert sent first)
+      }
+      AfterSessionCall();
+      return;
+    }
     session_.OnInput(data);
     Loop()->RecycleBuffer(flags);
     AfterSessionCall();
   }
 
+  // Creates the server channel for this listener's current certificate.
+  bool StartTls() {
+    const auto& context = shard_->server_tls_[listener_];
+    absl::StatusOr<std::unique_ptr<auth::TlsChannel>> channel =
+        context == nullptr ? absl::FailedPreconditionError("no certificate for this listener")
+                           : auth::TlsChannel::CreateServer(*context);
+    if (!channel.ok()) {
+      MTA_LOG_WARNING("inbound TLS from %s: %s", ip_, channel.status().message());
+      session_.OnTlsFailed();
+      Close();
+      return false;
+    }
+    tls_ = *std::move(channel);
+    return true;
+  }
+
+  // Moves the channel on after ciphertext arrived: the handshake, then decrypted bytes
+  // into the session. A channel that failed or whose stream ended is an error.
+  absl::Status PumpTls() {
+    if (tls_->state() == auth::TlsChannel::State::kHandshaking) {
+      absl::Status s = tls_->Handshake();
+      if (!s.ok()) return s;
+    }
+    if (tls_->established() && !tls_announced_) {
+      tls_announced_ = true;
+      const auth::TlsConnectionInfo& info = tls_->info();
+      MTA_LOG_DEBUG("inbound TLS from %s: %s %s", ip_, info.protocol_version, info.cipher);
+      session_.OnTlsEstablished();  // after STARTTLS; a no-op for implicit TLS
+    }
+    char buf[16384];
+    while (tls_->established() && !session_.closing()) {
+      absl::StatusOr<size_t> n = tls_->ReadPlaintext(buf, sizeof(buf));
+      if (!n.ok()) return n.status();
+      if (*n == 0) break;
+      session_.OnInput(absl::string_view(buf, *n));
+    }
+    if (tls_->read_closed()) return absl::UnavailableError("TLS stream closed by the client");
+    return tls_->status();
+  }
+
   void Flush() {
     if (closed_) return;
+    if (tls_ != nullptr) return FlushTls();
     if (!sending_ && !session_.output().empty()) {
       send_buf_.swap(session_.output());
       session_.output().clear();
@@ -192,6 +270,32 @@ class Connection final : public smtp::SessionDelegate {
       return;
     }
     if (!sending_ && session_.closing()) Close();
+  }
+
+  // Encrypts the session's replies (held until the handshake is done) and sends the
+  // pending ciphertext: handshake records, data, alerts and the final close_notify.
+  void FlushTls() {
+    if (sending_) return;
+    std::string& out = session_.output();
+    if (tls_->established() && !out.empty()) {
+      size_t n = std::min(out.size(), tls_->plaintext_out_capacity());
+      if (n > 0 && tls_->WritePlaintext(absl::string_view(out).substr(0, n)).ok()) {
+        out.erase(0, n);
+      }
+    }
+    if (session_.closing() && out.empty() && !tls_shutdown_) {
+      tls_shutdown_ = true;
+      tls_->Shutdown().IgnoreError();  // close_notify after the last reply
+    }
+    send_buf_.clear();
+    tls_->TakeCiphertext(&send_buf_, 256 * 1024);
+    if (!send_buf_.empty()) {
+      send_off_ = 0;
+      sending_ = true;
+      SendMore();
+      return;
+    }
+    if (session_.closing() || tls_->state() == auth::TlsChannel::State::kFailed) Close();
   }
 
   void SendMore() {
@@ -221,13 +325,19 @@ class Connection final : public smtp::SessionDelegate {
   // Reads only while the session wants input and the client keeps up with our replies: a
   // client that pipelines commands but never reads cannot make us buffer without bound.
   void MaybeArmRecv() {
-    if (closed_ || !session_.WantsInput()) return;
+    bool handshaking = tls_ != nullptr && !tls_->established();
+    if (closed_ || (!session_.WantsInput() && !handshaking)) return;
     if (send_buf_.size() - send_off_ + session_.output().size() > kMaxOutputBacklog) return;
     ArmRecv();
   }
 
   void RefreshDeadline() {
     const Config& cfg = *shard_->context_->config;
+    if (tls_ != nullptr && !tls_->established()) {
+      deadline_ = Loop()->Now() + absl::Seconds(30);  // a handshake gets 30 s
+      if (timer_ == 0 && !closed_) ArmTimer();
+      return;
+    }
     switch (session_.phase()) {
       case smtp::Session::Phase::kCommand:
         deadline_ = Loop()->Now() + absl::Seconds(cfg.command_timeout_s);
@@ -278,6 +388,7 @@ class Connection final : public smtp::SessionDelegate {
   Shard* const shard_;
   const uint64_t id_;
   const int fd_;
+  const size_t listener_;
   const ListenerSpec& spec_;
   const std::string ip_;
   smtp::Session session_;
@@ -289,6 +400,9 @@ class Connection final : public smtp::SessionDelegate {
   bool closed_ = false;
   bool greeted_ = false;
   bool destroy_scheduled_ = false;
+  std::unique_ptr<auth::TlsChannel> tls_;  // after STARTTLS, or from the start (implicit)
+  bool tls_announced_ = false;
+  bool tls_shutdown_ = false;
   std::string send_buf_;
   size_t send_off_ = 0;
   absl::Time deadline_ = absl::InfiniteFuture();
@@ -300,7 +414,10 @@ Shard::Shard(uint32_t index, ServerContext* context)
       context_(context),
       ids_(index, absl::Uniform<uint32_t>(absl::BitGen())),
       queue_(context->body_budget),
-      policy_(context->policy) {}
+      policy_(context->policy),
+      server_tls_(context->server_tls),
+      auth_ip_failures_(context->auth_max_failures, context->auth_failure_window),
+      auth_user_failures_(context->auth_max_failures, context->auth_failure_window) {}
 
 Shard::~Shard() {
   for (int fd : listen_fds_) ::close(fd);
@@ -371,6 +488,81 @@ void Shard::ApplyPolicy(std::shared_ptr<const delivery::TrafficPolicy> policy) {
     policy_ = policy;
     if (delivery_ != nullptr) delivery_->SetPolicy(std::move(policy));
   });
+}
+
+void Shard::ApplyServerTls(std::vector<std::shared_ptr<const auth::ServerTlsContext>> contexts) {
+  loop_->Post(
+      [this, contexts = std::move(contexts)]() mutable { server_tls_ = std::move(contexts); });
+}
+
+namespace {
+
+// A client-supplied user name made safe for one log line.
+std::string LoggableUser(absl::string_view user) {
+  constexpr size_t kMax = 64;
+  std::string out;
+  for (unsigned char c : user.substr(0, kMax)) {
+    out.push_back(c >= 32 && c < 127 && c != '"' && c != '\\' ? static_cast<char>(c) : '?');
+  }
+  if (user.size() > kMax) out.append("...");
+  return out;
+}
+
+}  // namespace
+
+void Shard::VerifyCredentials(Connection* conn, const std::string& listener, std::string user,
+                              std::string password) {
+  const uint64_t conn_id = conn->id();
+  const std::string& ip = conn->ip();
+  event::EventLoop* loop = loop_.get();
+  const absl::Time now = loop->Now();
+  absl::Status refused;
+  if (auth_ip_failures_.Blocked(ip, now) || auth_user_failures_.Blocked(user, now)) {
+    // No KDF run: a blocked guesser costs neither CPU nor a look at the password.
+    refused = absl::ResourceExhaustedError("too many failed attempts");
+  } else if (context_->verifier == nullptr) {
+    refused = absl::UnavailableError("no password file");
+  }
+  if (!refused.ok()) {
+    loop->Post([this, conn_id, listener, ip, user = std::move(user), refused]() mutable {
+      OnCredentialsVerified(conn_id, listener, ip, user, refused);
+    });
+    return;
+  }
+  context_->verifier->Verify(
+      user, std::move(password),
+      [this, loop, conn_id, listener, ip, user](absl::StatusOr<auth::AuthUser> result) mutable {
+        // Runs on the verifier's thread: hand the verdict back to this shard's loop.
+        loop->Post([this, conn_id, listener = std::move(listener), ip = std::move(ip),
+                    user = std::move(user), result = std::move(result)]() mutable {
+          OnCredentialsVerified(conn_id, listener, ip, user, std::move(result));
+        });
+      });
+}
+
+void Shard::OnCredentialsVerified(uint64_t conn_id, const std::string& listener,
+                                  const std::string& ip, const std::string& user,
+                                  absl::StatusOr<auth::AuthUser> result) {
+  if (result.ok()) {
+    MTA_LOG_INFO("auth: user \"%s\" authenticated from %s on listener %s", LoggableUser(user), ip,
+                 listener);
+  } else if (result.status().code() == absl::StatusCode::kPermissionDenied) {
+    const absl::Time now = loop_->Now();
+    auth_ip_failures_.RecordFailure(ip, now);
+    auth_user_failures_.RecordFailure(user, now);
+    MTA_LOG_WARNING("auth: failed login for user \"%s\" from %s on listener %s%s",
+                    LoggableUser(user), ip, listener,
+                    auth_ip_failures_.Blocked(ip, now) || auth_user_failures_.Blocked(user, now)
+                        ? " (limit reached: further attempts refused for a while)"
+                        : "");
+  } else {
+    MTA_LOG_WARNING("auth: login for user \"%s\" from %s on listener %s refused: %s",
+                    LoggableUser(user), ip, listener, result.status().message());
+  }
+  auto it = connections_.find(conn_id);
+  if (it == connections_.end()) return;  // the client left meanwhile
+  it->second->session().OnCredentialsVerified(std::move(result));
+  it->second->AfterSessionCall();
 }
 
 bool Shard::KnownStream(absl::string_view stream) const {
@@ -527,7 +719,8 @@ void Shard::OnAccept(size_t listener, int fd) {
                           " Service temporarily unavailable: ", context_->spool->HealthReason());
   }
   uint64_t id = next_conn_id_++;
-  auto* conn = new Connection(this, id, fd, spec, std::move(client));
+  client.tls = spec.implicit_tls;
+  auto* conn = new Connection(this, id, fd, listener, std::move(client));
   if (!counted) uncounted_.insert(id);
   connections_[id] = conn;
   conn->Begin(reject);

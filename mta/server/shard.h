@@ -14,11 +14,16 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "auth/auth_user.h"
+#include "auth/tls_context.h"
 #include "dns/cares_resolver.h"
 #include "mta/base/net.h"
 #include "mta/delivery/delivery_manager.h"
 #include "mta/delivery/outbound_connection.h"
 #include "mta/event/event_loop.h"
+#include "mta/server/auth_limiter.h"
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
 #include "mta/smtp/session.h"
@@ -26,6 +31,10 @@
 #include "queue/message_queue.h"
 #include "queue/queue_id.h"
 #include "queue/spool.h"
+
+namespace mta::auth {
+class CredentialVerifier;
+}  // namespace mta::auth
 
 namespace mta::server {
 
@@ -38,6 +47,7 @@ struct ListenerSpec {
   std::vector<Cidr> relay_networks;
   std::vector<std::pair<Cidr, std::string>> stream_networks;  // first match names the stream
   uint32_t greeting_delay_ms = 0;
+  bool implicit_tls = false;  // TLS from the first byte (RFC 8314)
 };
 
 /** What every shard shares. Outlives the shards. */
@@ -52,8 +62,15 @@ struct ServerContext {
   queue::ContentLoader* loader = nullptr;
   delivery::DeliveryOptions delivery;
   std::shared_ptr<const delivery::TrafficPolicy> policy;  // at start-up; reloads go to shards
+  // Per listener (same order); null without TLS. At start-up; reloads go to shards.
+  std::vector<std::shared_ptr<const auth::ServerTlsContext>> server_tls;
   delivery::OutboundContext outbound;  // template; loop, manager and resolver set per shard
   dns::CaresResolverOptions dns;
+  // SMTP AUTH: password checks run on this verifier's thread (null when no listener
+  // enables AUTH); failed attempts are limited per shard, per client IP and per user.
+  auth::CredentialVerifier* verifier = nullptr;
+  uint32_t auth_max_failures = 5;
+  absl::Duration auth_failure_window = absl::Minutes(5);
   std::vector<Shard*> shards;  // filled before any shard runs
   // Ready once every shard's loop exists; shards wait for it before accepting or posting.
   std::shared_future<void> all_started;
@@ -80,6 +97,8 @@ class Shard {
    * shard starts accepting and delivering when ServerContext::all_started is ready.
    */
   absl::Status Start();
+  /** Thread-safe: new connections use these certificates (reload; per listener). */
+  void ApplyServerTls(std::vector<std::shared_ptr<const auth::ServerTlsContext>> contexts);
   /** Thread-safe: the delivery engine adopts `policy` (configuration reload). */
   void ApplyPolicy(std::shared_ptr<const delivery::TrafficPolicy> policy);
   /** Thread-safe: stop accepting, let sessions in DATA finish, then exit the loop. */
@@ -101,6 +120,12 @@ class Shard {
                    std::unique_ptr<queue::SpoolRecord> record);
   void Enqueue(queue::Envelope envelope, std::optional<std::string> content);
   bool KnownStream(absl::string_view stream) const;
+  // SMTP AUTH: checks the failure limits, then hands the KDF to the verifier thread; the
+  // verdict comes back into this loop (OnCredentialsVerified), never synchronously.
+  void VerifyCredentials(Connection* conn, const std::string& listener, std::string user,
+                         std::string password);
+  void OnCredentialsVerified(uint64_t conn_id, const std::string& listener, const std::string& ip,
+                             const std::string& user, absl::StatusOr<auth::AuthUser> result);
   absl::Status StartDelivery();
   void MaybeFinishShutdown();
   void ShutdownOnLoop();
@@ -121,7 +146,10 @@ class Shard {
   std::unique_ptr<dns::Resolver> resolver_;
   delivery::OutboundContext outbound_;
   std::unique_ptr<delivery::DeliveryManager> delivery_;
-  std::shared_ptr<const delivery::TrafficPolicy> policy_;  // the latest reload's
+  std::shared_ptr<const delivery::TrafficPolicy> policy_;                  // the latest reload's
+  std::vector<std::shared_ptr<const auth::ServerTlsContext>> server_tls_;  // per listener
+  AuthFailureLimiter auth_ip_failures_;    // failed AUTH attempts per client address
+  AuthFailureLimiter auth_user_failures_;  // ... and per user name (known or not)
   std::atomic<uint64_t> queued_{0};
   std::thread thread_;
 };

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -74,6 +75,19 @@ bool StripPrefix(absl::string_view* args, absl::string_view prefix) {
   return true;
 }
 
+// Strict base64 (RFC 4648 section 4, padded) for SASL responses: absl's decoder alone would
+// also take whitespace and missing padding.
+bool DecodeBase64Strict(absl::string_view in, std::string* out) {
+  if (in.size() % 4 != 0) return false;
+  size_t pad = 0;
+  while (pad < 2 && pad < in.size() && in[in.size() - 1 - pad] == '=') ++pad;
+  for (size_t i = 0; i + pad < in.size(); ++i) {
+    char c = in[i];
+    if (!absl::ascii_isalnum(c) && c != '+' && c != '/') return false;
+  }
+  return absl::Base64Unescape(in, out);
+}
+
 }  // namespace
 
 Session::Session(const SessionConfig& config, ClientInfo client, SessionDelegate* delegate)
@@ -86,6 +100,9 @@ void Session::Reply(absl::string_view line) {
 
 void Session::ReplyError(absl::string_view line) {
   Reply(line);
+  // An error ends any AUTH exchange in progress: the next line is a command again.
+  auth_step_ = AuthStep::kNone;
+  auth_login_user_.clear();
   if (++errors_ >= config_.max_errors) {
     Close(absl::StrCat("421 4.7.0 ", config_.hostname, " Error: too many errors"));
   }
@@ -102,13 +119,19 @@ void Session::Greet() { Reply(absl::StrCat("220 ", config_.hostname, " ESMTP mta
 void Session::RejectAndClose(absl::string_view reply) { Close(reply); }
 
 bool Session::WantsInput() const {
-  if (phase_ == Phase::kClosed) return false;
-  if (phase_ == Phase::kWaitingCommit) return in_.size() - in_pos_ < kMaxBufferedWhileWaiting;
+  if (phase_ == Phase::kClosed || phase_ == Phase::kStartTls) return false;
+  if (phase_ == Phase::kWaitingCommit || phase_ == Phase::kWaitingAuth) {
+    return in_.size() - in_pos_ < kMaxBufferedWhileWaiting;
+  }
   return true;
 }
 
 void Session::OnInput(absl::string_view bytes) {
   if (phase_ == Phase::kClosed) return;
+  if (phase_ == Phase::kStartTls) {
+    discarded_after_starttls_ += bytes.size();  // plain text after STARTTLS: never a command
+    return;
+  }
   if (in_pos_ == in_.size()) {
     in_.clear();
     in_pos_ = 0;
@@ -119,7 +142,10 @@ void Session::OnInput(absl::string_view bytes) {
 
 void Session::Process() {
   while (true) {
-    if (phase_ == Phase::kClosed || phase_ == Phase::kWaitingCommit) break;
+    if (phase_ == Phase::kClosed || phase_ == Phase::kWaitingCommit || phase_ == Phase::kStartTls ||
+        phase_ == Phase::kWaitingAuth) {
+      break;
+    }
     bool progressed = phase_ == Phase::kContent ? ConsumeContent() : ProcessCommandLine();
     if (!progressed) break;
   }
@@ -134,8 +160,12 @@ void Session::Process() {
 // SIZE (RFC 1870: 26), RET/ENVID (RFC 3461: 112) and SMTPUTF8 (RFC 6531: 10) on MAIL,
 // NOTIFY/ORCPT (RFC 3461: 500) on RCPT.
 size_t Session::MaxLineFor(absl::string_view line) const {
+  // AUTH lines carry base64 credentials (RFC 4954 section 4 allows up to 12288 octets; this
+  // leaves room for about 750 octets of user name and password).
+  if (auth_step_ != AuthStep::kNone) return kMaxExtendedCommandLine;
   if (!esmtp_ || line.size() < 4) return kMaxCommandLine;
   Verb verb = ParseCommand(line.substr(0, 4)).verb;
+  if (verb == Verb::kAuth) return kMaxExtendedCommandLine;
   if (verb == Verb::kMail) return kMaxCommandLine + 26 + 112 + 10;
   if (verb == Verb::kRcpt) return kMaxCommandLine + 500;
   return kMaxCommandLine;
@@ -184,7 +214,11 @@ bool Session::ProcessCommandLine() {
     ReplyError("500 5.5.2 Error: bare <CR> received");
     return true;
   }
-  HandleCommand(line);
+  if (auth_step_ != AuthStep::kNone) {
+    HandleAuthResponse(line);
+  } else {
+    HandleCommand(line);
+  }
   return true;
 }
 
@@ -218,8 +252,9 @@ void Session::HandleCommand(absl::string_view line) {
     case Verb::kHelp:
       return Reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
     case Verb::kStartTls:
+      return HandleStartTls(cmd.args);
     case Verb::kAuth:
-      return ReplyError("502 5.5.1 Error: command not implemented");
+      return HandleAuth(cmd.args);
     case Verb::kUnknown:
       return ReplyError("500 5.5.2 Error: command not recognized");
   }
@@ -245,8 +280,39 @@ void Session::HandleEhlo(absl::string_view args, bool extended) {
   Reply("250-ENHANCEDSTATUSCODES");
   Reply("250-CHUNKING");
   Reply("250-DSN");
+  if (config_.starttls && !client_.tls) Reply("250-STARTTLS");
+  if (AuthOffered()) Reply("250-AUTH PLAIN LOGIN");
   Reply("250 HELP");
 }
+
+void Session::HandleStartTls(absl::string_view args) {
+  if (client_.tls) return ReplyError("503 5.5.1 Error: TLS already active");
+  if (!config_.starttls) return ReplyError("502 5.5.1 Error: command not implemented");
+  if (!args.empty()) return ReplyError("501 5.5.4 Syntax: STARTTLS");
+  if (txn_.envelope.has_value()) {
+    return ReplyError("503 5.5.1 Error: MAIL transaction in progress");
+  }
+  Reply("220 2.0.0 Ready to start TLS");
+  // Whatever the client pipelined after STARTTLS came in plain text and could have been
+  // injected by a man in the middle: it is dropped, never read as if it came over TLS.
+  discarded_after_starttls_ += in_.size() - in_pos_;
+  in_pos_ = in_.size();
+  phase_ = Phase::kStartTls;
+}
+
+void Session::OnTlsEstablished() {
+  if (phase_ != Phase::kStartTls) return;
+  client_.tls = true;
+  helo_.clear();
+  esmtp_ = false;
+  ResetTransaction();
+  auth_user_.reset();  // an AUTH from before TLS (trusted listener) is forgotten too
+  in_.clear();
+  in_pos_ = 0;
+  phase_ = Phase::kCommand;
+}
+
+void Session::OnTlsFailed() { phase_ = Phase::kClosed; }
 
 void Session::HandleMail(absl::string_view args) {
   if (helo_.empty()) return ReplyError("503 5.5.1 Error: send HELO/EHLO first");
@@ -306,12 +372,21 @@ void Session::HandleMail(absl::string_view args) {
         return ReplyError("501 5.5.4 Error: bad ENVID value");
       }
       env.envid = *std::move(envid);
+    } else if (p.keyword == "AUTH" && config_.auth_enabled) {
+      // RFC 4954 section 5: the identity a relaying MTA says authenticated the message. It
+      // is checked for syntax and otherwise ignored: no client is trusted to assert it.
+      if (!p.has_value || !DecodeXtext(p.value).ok()) {
+        return ReplyError("501 5.5.4 Error: bad AUTH value");
+      }
     } else {
       return ReplyError(absl::StrCat("555 5.5.4 Error: unsupported parameter ", p.keyword));
     }
   }
   if (path->mailbox.non_ascii && !env.smtputf8) {
     return ReplyError("553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+  }
+  if (auth_user_.has_value() && !auth_user_->MaySendFrom(path->mailbox.domain)) {
+    return ReplyError("553 5.7.1 Sender address not allowed for this user");
   }
   env.sender = path->mailbox.ToString();
   txn_.envelope = std::move(env);
@@ -381,7 +456,7 @@ void Session::HandleRcpt(absl::string_view args) {
   } else {
     rcpt.address = mb.ToString();
     bool local = !mb.domain_literal && config_.local_domains.contains(mb.domain);
-    if (!client_.relay_allowed && (!local || mb.HasRelayOperators())) {
+    if (!RelayAllowed() && (!local || mb.HasRelayOperators())) {
       return ReplyError(
           absl::StrCat("554 5.7.1 <", SanitizeForHeader(rcpt.address), ">: Relay access denied"));
     }
@@ -429,7 +504,12 @@ void Session::StartContent(bool bdat) {
   env.id = delegate_->NewQueueId();
   std::string& c = txn_.content;
   c.reserve(std::min<uint64_t>(txn_.declared_size, config_.max_message_bytes) + 512);
-  const char* proto = env.smtputf8 ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
+  // RFC 3848 protocol types: S for TLS, A for an authenticated client (RFC 6531 for UTF8).
+  std::string proto = env.smtputf8 ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
+  if (proto != "SMTP") {
+    if (client_.tls) proto += "S";
+    if (auth_user_.has_value()) proto += "A";
+  }
   absl::StrAppend(&c, "Received: from ", SanitizeForHeader(helo_), " (", IpLiteral(client_.ip),
                   ")\r\n\tby ", config_.hostname, " (mtad) with ", proto, " id ", env.id);
   if (env.recipients.size() == 1) {
@@ -515,6 +595,7 @@ void Session::FinishContent() {
   env.listener = config_.listener_name;
   env.client_ip = client_.ip;
   env.helo = helo_;
+  env.auth_user = auth_user_.has_value() ? auth_user_->name : "";
   env.received_ms = absl::ToUnixMillis(delegate_->Now());
   env.next_attempt_ms = env.received_ms;
   env.content_bytes = record->content.size();
@@ -579,9 +660,19 @@ std::vector<std::string> Session::TakeStreamHeaders() {
 
 bool Session::ChooseStream(const std::vector<std::string>& header_values, std::string* stream,
                            std::string* reject) const {
-  // SMTP AUTH (to come): an authenticated user's stream will take precedence here.
   if (!client_.network_stream.empty()) {
     *stream = client_.network_stream;
+    return true;
+  }
+  // An authenticated user's stream comes before the header and the listener's default.
+  if (auth_user_.has_value() && !auth_user_->stream.empty()) {
+    if (!delegate_->KnownStream(auth_user_->stream)) {
+      // Removed from the configuration (reload) while the password file still names it.
+      *reject = absl::StrCat("451 4.3.5 Stream ", QuoteForReply(auth_user_->stream),
+                             " of the authenticated user is not configured");
+      return false;
+    }
+    *stream = auth_user_->stream;
     return true;
   }
   const std::string* named = nullptr;
@@ -615,6 +706,115 @@ void Session::AddMissingHeaders(const HeaderFacts& facts) {
   }
   if (!facts.has_date) absl::StrAppend(&extra, "Date: ", Rfc5322Date(delegate_->Now()), "\r\n");
   if (!extra.empty()) txn_.content.insert(txn_.header_offset, extra);
+}
+
+bool Session::AuthOffered() const {
+  return config_.auth_enabled && (client_.tls || config_.auth_trusted);
+}
+
+void Session::HandleAuth(absl::string_view args) {
+  if (!config_.auth_enabled) return ReplyError("502 5.5.1 Error: command not implemented");
+  if (!esmtp_) return ReplyError("503 5.5.1 Error: send EHLO first");
+  if (auth_user_.has_value()) return ReplyError("503 5.5.1 Error: already authenticated");
+  if (txn_.envelope.has_value() || txn_.bdat) {
+    return ReplyError("503 5.5.1 Error: AUTH not permitted during a mail transaction");
+  }
+  if (!AuthOffered()) {
+    return ReplyError("538 5.7.11 Encryption required for requested authentication mechanism");
+  }
+  size_t space = args.find(' ');
+  absl::string_view mechanism = args.substr(0, space);
+  const bool has_initial = space != absl::string_view::npos;
+  absl::string_view initial = has_initial ? args.substr(space + 1) : absl::string_view();
+  if (mechanism.empty() || initial.find(' ') != absl::string_view::npos) {
+    return ReplyError("501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+  }
+  const bool plain = absl::EqualsIgnoreCase(mechanism, "PLAIN");
+  if (!plain && !absl::EqualsIgnoreCase(mechanism, "LOGIN")) {
+    return ReplyError("504 5.5.4 Unrecognized authentication type");
+  }
+  std::string decoded;
+  // RFC 4954 section 4: "=" is an empty initial response.
+  if (has_initial && initial != "=" && !DecodeBase64Strict(initial, &decoded)) {
+    return ReplyError("501 5.5.2 Error: invalid base64 data");
+  }
+  if (plain) {
+    if (has_initial) return FinishPlain(decoded);
+    auth_step_ = AuthStep::kPlain;
+    return Reply("334 ");
+  }
+  // LOGIN (draft-murchison-sasl-login): the user name, then the password, each in base64;
+  // an initial response is the user name.
+  if (!has_initial) {
+    auth_step_ = AuthStep::kLoginUser;
+    return Reply("334 VXNlcm5hbWU6");  // "Username:"
+  }
+  auth_login_user_ = std::move(decoded);
+  auth_step_ = AuthStep::kLoginPassword;
+  Reply("334 UGFzc3dvcmQ6");  // "Password:"
+}
+
+void Session::HandleAuthResponse(absl::string_view line) {
+  const AuthStep step = auth_step_;
+  auth_step_ = AuthStep::kNone;
+  if (line == "*") return ReplyError("501 5.0.0 Authentication cancelled");
+  std::string decoded;
+  if (!DecodeBase64Strict(line, &decoded)) {
+    return ReplyError("501 5.5.2 Error: invalid base64 data");
+  }
+  switch (step) {
+    case AuthStep::kNone:
+    case AuthStep::kPlain:
+      return FinishPlain(decoded);
+    case AuthStep::kLoginUser:
+      auth_login_user_ = std::move(decoded);
+      auth_step_ = AuthStep::kLoginPassword;
+      return Reply("334 UGFzc3dvcmQ6");  // "Password:"
+    case AuthStep::kLoginPassword: {
+      std::string user = std::move(auth_login_user_);
+      auth_login_user_.clear();
+      return StartVerification(std::move(user), std::move(decoded));
+    }
+  }
+}
+
+// RFC 4616: [authzid] NUL authcid NUL passwd.
+void Session::FinishPlain(absl::string_view decoded) {
+  size_t first = decoded.find('\0');
+  size_t second = first == absl::string_view::npos ? first : decoded.find('\0', first + 1);
+  if (second == absl::string_view::npos ||
+      decoded.find('\0', second + 1) != absl::string_view::npos || second == first + 1 ||
+      second + 1 == decoded.size()) {
+    return ReplyError("501 5.5.2 Error: malformed PLAIN response");
+  }
+  absl::string_view authzid = decoded.substr(0, first);
+  absl::string_view authcid = decoded.substr(first + 1, second - first - 1);
+  // Acting as another identity (proxy authorization) is not supported.
+  if (!authzid.empty() && authzid != authcid) {
+    return ReplyError("535 5.7.8 Authentication credentials invalid");
+  }
+  StartVerification(std::string(authcid), std::string(decoded.substr(second + 1)));
+}
+
+void Session::StartVerification(std::string user, std::string password) {
+  // Nothing more is read until the verdict: commands pipelined behind AUTH must not run
+  // before the client's identity (and so its right to relay) is known.
+  phase_ = Phase::kWaitingAuth;
+  delegate_->VerifyCredentials(std::move(user), std::move(password));
+}
+
+void Session::OnCredentialsVerified(absl::StatusOr<auth::AuthUser> result) {
+  if (phase_ != Phase::kWaitingAuth) return;
+  phase_ = Phase::kCommand;
+  if (result.ok()) {
+    auth_user_ = *std::move(result);
+    Reply("235 2.7.0 Authentication successful");
+  } else if (result.status().code() == absl::StatusCode::kPermissionDenied) {
+    ReplyError("535 5.7.8 Authentication credentials invalid");
+  } else {
+    ReplyError("454 4.7.0 Temporary authentication failure");
+  }
+  Process();
 }
 
 void Session::OnCommitDone(const absl::Status& status, const std::string& queue_id) {

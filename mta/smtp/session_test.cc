@@ -46,11 +46,16 @@ class FakeDelegate : public SessionDelegate {
   bool KnownStream(absl::string_view stream) override {
     return known_streams.empty() || known_streams.contains(stream);
   }
+  // AUTH is tested in session_auth_test.cc; requests are only recorded here.
+  void VerifyCredentials(std::string user, std::string password) override {
+    verifications.emplace_back(std::move(user), std::move(password));
+  }
 
   absl::Time now = absl::FromUnixSeconds(kNowSeconds);
   int ids_issued = 0;
   std::vector<std::unique_ptr<SpoolRecord>> submitted;
-  absl::flat_hash_set<std::string> known_streams;  // empty = any
+  absl::flat_hash_set<std::string> known_streams;                  // empty = any
+  std::vector<std::pair<std::string, std::string>> verifications;  // user, password
 };
 
 // Splits replies into lines, checking that every reply line ends with CRLF.
@@ -1372,6 +1377,87 @@ TEST_F(SessionStreamTest, Bdat) {
   EXPECT_EQ(delegate_.submitted[1]->envelope.stream, "bulk");
   EXPECT_EQ(delegate_.submitted[1]->content,
             ReceivedHeader("Q0004", "ESMTP", "u@local.example") + "Subject: y\r\n");
+}
+
+}  // namespace
+}  // namespace mta::smtp
+
+// ---------------------------------------------------------------------------------------
+// STARTTLS (RFC 3207).
+
+namespace mta::smtp {
+namespace {
+
+class SessionStartTlsTest : public SessionTest {
+ protected:
+  SessionStartTlsTest() { config_.starttls = true; }
+
+  bool Advertised(const Replies& ehlo) {
+    return std::find(ehlo.begin(), ehlo.end(), "250-STARTTLS") != ehlo.end();
+  }
+};
+
+TEST_F(SessionStartTlsTest, OfferedOnlyWhenConfiguredAndNotYetActive) {
+  Start();
+  EXPECT_TRUE(Advertised(Send("EHLO client.example\r\n")));
+  EXPECT_EQ(Send("STARTTLS\r\n"), Replies({"220 2.0.0 Ready to start TLS"}));
+  EXPECT_EQ(session_->phase(), Session::Phase::kStartTls);
+  EXPECT_FALSE(session_->WantsInput());
+  session_->OnTlsEstablished();
+  EXPECT_TRUE(session_->tls());
+  EXPECT_FALSE(Advertised(Send("EHLO client.example\r\n")));
+  EXPECT_EQ(Send("STARTTLS\r\n"), Replies({"503 5.5.1 Error: TLS already active"}));
+}
+
+TEST_F(SessionStartTlsTest, NotOfferedWithoutACertificate) {
+  config_.starttls = false;
+  Start();
+  EXPECT_FALSE(Advertised(Send("EHLO client.example\r\n")));
+  EXPECT_EQ(Send("STARTTLS\r\n"), Replies({"502 5.5.1 Error: command not implemented"}));
+}
+
+TEST_F(SessionStartTlsTest, PipelinedPlainTextAfterStartTlsIsDiscarded) {
+  Start();
+  Ehlo();
+  // The classic injection: commands ride in the same packet as STARTTLS.
+  EXPECT_EQ(Send("STARTTLS\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<x@local.example>\r\n"),
+            Replies({"220 2.0.0 Ready to start TLS"}));
+  EXPECT_EQ(Send("DATA\r\n"), Replies({}));  // still plain text: dropped too
+  EXPECT_EQ(session_->discarded_after_starttls(), 30u + 27u + 6u);
+  session_->OnTlsEstablished();
+  // Nothing from before TLS survives: no EHLO, no transaction.
+  EXPECT_EQ(Send("MAIL FROM:<a@example.com>\r\n"),
+            Replies({"503 5.5.1 Error: send HELO/EHLO first"}));
+  Ehlo();
+  EXPECT_EQ(Send("RCPT TO:<x@local.example>\r\n"), Replies({"503 5.5.1 Error: need MAIL command"}));
+}
+
+TEST_F(SessionStartTlsTest, RefusedWithArgumentsOrInsideATransaction) {
+  Start();
+  Ehlo();
+  EXPECT_EQ(Send("STARTTLS now\r\n"), Replies({"501 5.5.4 Syntax: STARTTLS"}));
+  EXPECT_EQ(Send("MAIL FROM:<a@example.com>\r\n"), Replies({"250 2.1.0 Ok"}));
+  EXPECT_EQ(Send("STARTTLS\r\n"), Replies({"503 5.5.1 Error: MAIL transaction in progress"}));
+}
+
+TEST_F(SessionStartTlsTest, FailedHandshakeClosesTheSession) {
+  Start();
+  Ehlo();
+  Send("STARTTLS\r\n");
+  session_->OnTlsFailed();
+  EXPECT_TRUE(session_->closing());
+}
+
+TEST_F(SessionStartTlsTest, ReceivedSaysEsmtpsUnderTls) {
+  Start();
+  Ehlo();
+  Send("STARTTLS\r\n");
+  session_->OnTlsEstablished();
+  Ehlo();
+  Send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@local.example>\r\nDATA\r\n");
+  Send("Subject: t\r\n\r\nbody\r\n.\r\n");
+  ASSERT_EQ(delegate_.submitted.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(delegate_.submitted[0]->content, "with ESMTPS id "));
 }
 
 }  // namespace

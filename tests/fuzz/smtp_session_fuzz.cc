@@ -16,7 +16,15 @@ class D : public mta::smtp::SessionDelegate {
     pending = true;
     last = std::move(r);
   }
+  void VerifyCredentials(std::string user, std::string password) override {
+    verifying = true;
+    accept = password == "pw";
+    auth_user = std::move(user);
+  }
   bool pending = false;
+  bool verifying = false;
+  bool accept = false;
+  std::string auth_user;
   std::unique_ptr<mta::queue::SpoolRecord> last;
 };
 }  // namespace
@@ -26,6 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cfg.max_recipients = 4;
   cfg.max_errors = 50;
   cfg.local_domains = {"local.test"};
+  cfg.auth_enabled = true;
+  cfg.auth_trusted = (size % 3) != 0;  // sometimes 538 (no TLS here)
   D d;
   mta::smtp::Session s(cfg, {"192.0.2.1", (size % 2) == 0}, &d);
   s.Greet();
@@ -39,6 +49,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (d.pending) {
       d.pending = false;
       s.OnCommitDone(absl::OkStatus(), d.last->envelope.id);
+    }
+    if (d.verifying) {
+      d.verifying = false;
+      if (d.accept) {
+        s.OnCredentialsVerified(mta::auth::AuthUser{
+            .name = d.auth_user, .sender_domains = {"local.test"}, .stream = "s"});
+      } else {
+        s.OnCredentialsVerified(absl::PermissionDeniedError("no"));
+      }
     }
     s.output().clear();
   }

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -117,6 +118,11 @@ class Mtad:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.settimeout(5)
+                    if self.listener.get("tls") == "implicit":
+                        ctx = ssl.create_default_context()
+                        ctx.check_hostname = False
+                        ctx.verify_mode = ssl.CERT_NONE
+                        s = ctx.wrap_socket(s)
                     if s.recv(512).startswith(b"220"):
                         s.sendall(b"QUIT\r\n")
                         return self

@@ -1,6 +1,6 @@
 // spool_dump: prints every message in a stopped mtad's spool as one JSON object per line
-// ({"id", "sender", "recipients", "stream", "content_base64", ...}). Used by the crash
-// tests and by operators inspecting a spool offline; it takes the spool's lock, so mtad
+// ({"id", "sender", "recipients", "stream", "auth_user", "content_base64", ...}). Used by the
+// crash tests and by operators inspecting a spool offline; it takes the spool's lock, so mtad
 // must not be running on the same directory.
 #include <cstdio>
 #include <iostream>
@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
     j["stream"] = e.stream;
     j["listener"] = e.listener;
     j["client_ip"] = e.client_ip;
+    j["auth_user"] = e.auth_user;
     j["received_ms"] = e.received_ms;
     j["ret"] = static_cast<int>(e.ret);
     j["envid"] = e.envid;

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Shaping overhead: end-to-end relay throughput to 1,000 active destinations, each with
+its own shaping rule, against the same 1,000 destinations with no rules (issue 4 target:
+the rules cost under 10%).
+
+Setup, all on loopback:
+- a real nsd (tests/integration/dns_server.py) serves bench.test, where d<i>.bench.test has
+  `MX 10 mx<i>.bench.test` and mx<i>.bench.test `A 127.0.0.1`, for i < --domains. A site
+  is keyed by its MX host set, so there are --domains distinct sites, each with its own
+  connections and queue, in both cases;
+- one Postfix `smtp-sink -c` (counting only, nothing written) receives all mail: mtad has
+  `delivery.smtp_port` = its port, `delivery.dns_servers` = the nsd and `tls: none`;
+- mtad --shards 2 (fsync on for intake and every recorded outcome), fresh spool per run,
+  `limits.max_connections_per_ip: 10000`. The "rules" case adds one rule per domain,
+  `{name: r<i>, domain: d<i>.bench.test, max_connections: 10, max_message_rate: 100000/s}`:
+  limits that never bind (10 is also the default connection cap), so only the bookkeeping
+  is measured: rule look-up, a budget and a token bucket per site, refills and takes on
+  every message. The "no rules" case has only shaping.default (10 connections, no rate).
+
+Load: --messages 1 KB messages, one recipient each (u<n>@d<n % domains>.bench.test, so
+the domains take turns), from --sessions parallel sessions in 2 processes (raw sockets,
+MAIL + RCPT + `BDAT n LAST` + content in one write, 4 transactions pipelined per write;
+this injector alone reaches about 17,000 msg/s into mtad with delivery off, so it is
+never the bottleneck). A run's time is from the release of the injector until the sink
+has counted every message. The two cases alternate, --runs times each; medians and the
+ratio are reported, and the section "Shaping overhead" of benchmarks/RESULTS.md is
+replaced (unless --no-results).
+
+RLIMIT_NOFILE is raised to its hard limit before anything is started (a site may hold up
+to 10 connections; 1,000 sites at once).
+
+usage: benchmarks/shaping/overhead_bench.py [--runs 5] [--messages 30000] [--domains 1000]
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+import harness  # noqa: E402
+
+
+def zone(domains, sinks=1, first=11):
+    lines = []
+    for i in range(domains):
+        lines.append(f"d{i} IN MX 10 mx{i}.bench.test.")
+        lines.append(f"mx{i} IN A 127.0.0.{first + i % sinks}")
+    return "\n".join(lines) + "\n"
+
+
+def rules(domains):
+    return [{"name": f"r{i}", "domain": f"d{i}.bench.test", "max_connections": 10,
+             "max_message_rate": "100000/s"} for i in range(domains)]
+
+
+def one_run(args, nsd, with_rules):
+    # A fresh port per run: no TIME_WAIT collisions with the previous run's connections.
+    sink = common.SinkGroup(args.sinks)
+    overflows = common.listen_overflows()
+    sections = {"shaping": {"rules": rules(args.domains)}} if with_rules else {}
+    m = harness.Mtad(shards=args.shards, limits={"max_connections_per_ip": 10000},
+                     delivery={"smtp_port": sink.port, "dns_servers": [nsd.address()],
+                               "tls": "none"},
+                     sections=sections)
+    try:
+        m.start(timeout=60)
+        rcpts = [f"u{n}@d{n % args.domains}.bench.test" for n in range(args.messages)]
+        inj = common.Injector(m.port, rcpts, size=args.size, sessions=args.sessions,
+                              processes=2, batch=4).prepare()
+        t0 = inj.go()
+        ok, bad, first_bad, injected_at = inj.wait()
+        if bad or ok != args.messages:
+            raise RuntimeError(f"injection: {ok} accepted, {bad} refused ({first_bad})")
+        n = args.messages
+        t1, marks = sink.wait_for(n, timeout=args.timeout,
+                                  marks=(n // 2, n * 9 // 10, n * 99 // 100))
+        log = m.log()
+    except Exception:
+        bad = [l for l in m.log().splitlines() if " WARN " in l[:40] or " ERROR " in l[:40]]
+        print(f"run failed; sink counted {sink.count}; mtad warnings ({len(bad)}):", flush=True)
+        for line in bad[:10]:
+            print("    " + line, flush=True)
+        raise
+    finally:
+        m.stop()
+        sink.stop()
+        shutil.rmtree(m.workdir, ignore_errors=True)
+    warnings = [l for l in log.splitlines() if " WARN " in l[:40] or " ERROR " in l[:40]]
+    return {"rate": args.messages / (t1 - t0), "intake": args.messages / (injected_at - t0),
+            "secs": t1 - t0, "warnings": warnings, "injected_s": injected_at - t0,
+            "marks": {k: v - t0 for k, v in marks.items()},
+            "overflows": common.listen_overflows() - overflows}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--messages", type=int, default=30000)
+    ap.add_argument("--domains", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--sinks", type=int, default=4,
+                    help="smtp-sinks on 127.0.0.11 and up; the MX hosts spread over them")
+    ap.add_argument("--shards", type=int, default=os.cpu_count())
+    ap.add_argument("--timeout", type=float, default=300,
+                    help="seconds a run may take before it counts as failed")
+    ap.add_argument("--no-results", action="store_true", help="do not edit RESULTS.md")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="do not wait for other test runs (shaping_test, bazel test) to end")
+    args = ap.parse_args()
+    command = common.command_line("overhead_bench.py")
+
+    # SIGTERM unwinds like Ctrl-C, so nsd, the sink and mtad are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = common.raise_nofile()
+    binfo = common.snapshot_binaries()
+    if not args.no_wait:
+        common.wait_quiet()
+    machine = common.machine_note()
+    started = time.strftime("%Y-%m-%d %H:%M")
+    nsd = common.start_nsd({"bench.test": zone(args.domains, args.sinks)})
+    res = {True: [], False: []}
+    try:
+        for run in range(args.runs):
+            # Alternate which case goes first, so a drift in machine load hits both alike.
+            order = (False, True) if run % 2 == 0 else (True, False)
+            for with_rules in order:
+                if not args.no_wait:
+                    common.wait_quiet(limit=300)  # again before every run: others may have started
+                with common.OverlapWatch() as watch:
+                    r = one_run(args, nsd, with_rules)
+                r["busy"] = watch.busy
+                res[with_rules].append(r)
+                print(f"run {run + 1} {'rules   ' if with_rules else 'no rules'}: "
+                      f"{r['rate']:6.0f} msg/s end to end ({r['secs']:.2f} s), intake "
+                      f"{r['intake']:6.0f} msg/s; listen queue overflows {r['overflows']}; "
+                      f"sink at 50/90/99%: "
+                      f"{'/'.join(f'{v:.1f}' for _, v in sorted(r['marks'].items()))} s; "
+                      f"{len(r['warnings'])} warnings"
+                      f"{'; OTHER TESTS RAN MEANWHILE' if r['busy'] else ''}", flush=True)
+                for w in r["warnings"][:5]:
+                    print("    " + w, flush=True)
+    finally:
+        nsd.stop()
+        shutil.rmtree(nsd.dir, ignore_errors=True)
+
+    med = {k: common.median([r["rate"] for r in v]) for k, v in res.items()}
+    intake = {k: common.median([r["intake"] for r in v]) for k, v in res.items()}
+    ratio = med[True] / med[False]
+    pair = [a["rate"] / b["rate"] for a, b in zip(res[True], res[False])]
+    cost = (1 - ratio) * 100
+    runs_txt = {k: ", ".join(f"{r['rate']:.0f}" for r in v) for k, v in res.items()}
+    table = [
+        "| case | end-to-end msg/s (median) | runs | intake done at (msg/s) |",
+        "|---|---:|---|---:|",
+        f"| {args.domains} domains, no rules | {med[False]:.0f} | {runs_txt[False]} | "
+        f"{intake[False]:.0f} |",
+        f"| {args.domains} domains, {args.domains} rules | {med[True]:.0f} | {runs_txt[True]} | "
+        f"{intake[True]:.0f} |",
+    ]
+    verdict = "met" if cost < 10 else "NOT met"
+    busy = sum(r["busy"] for v in res.values() for r in v)
+    summary = (f"rules / no rules = {ratio:.3f} (cost {cost:+.1f}%; per-pair ratios "
+               f"{', '.join(f'{x:.3f}' for x in pair)}); target under 10%: {verdict}; "
+               f"{busy} of {2 * args.runs} runs overlapped another test run on the machine")
+    print("\n" + "\n".join(table))
+    print(summary)
+
+    if args.no_results:
+        return
+    body = f"""Command ({started}, one run of everything):
+
+```sh
+{command}
+```
+
+Machine: {machine}; {common.binary_note(binfo)}. RLIMIT_NOFILE {nofile[0]}.
+
+Setup: a real `nsd` serves `bench.test`, where `d<i>.bench.test` has `MX 10
+mx<i>.bench.test` and `mx<i>` has `A 127.0.0.1`, i < {args.domains}: {args.domains}
+distinct sites (a site is keyed by its MX host set). mtad `--shards {args.shards}`, fresh
+spool per run, `delivery: {{smtp_port: SINK, dns_servers: [NSD], tls: none}}`, fsync on;
+one `smtp-sink -c` (counting only) receives everything. The rules case adds
+{args.domains} rules `{{name: r<i>, domain: d<i>.bench.test, max_connections: 10,
+max_message_rate: 100000/s}}`: limits that never bind, so only the bookkeeping (rule
+look-up, a budget and a token bucket per site, a take per message) is measured; the
+no-rules case has `shaping.default` only (10 connections, no rate limit).
+
+Load: {args.messages} messages of {args.size // 1024} KB, one recipient each, the
+{args.domains} domains taking turns (`u<n>@d<n mod {args.domains}>.bench.test`), from
+{args.sessions} sessions in 2 Python processes sending MAIL, RCPT and `BDAT n LAST` with
+the content in one write, 4 transactions pipelined per write (this injector reaches about
+17,000 msg/s into mtad with delivery off). Time: from releasing the injector until the
+sink has counted every message. The cases alternate (order swapped every run), {args.runs}
+runs each.
+
+{chr(10).join(table)}
+
+{summary}.
+
+"Intake done at" is the rate at which mtad had acknowledged every message: intake
+outruns delivery, so the end-to-end figure is the delivery side's (DNS, {args.domains}
+sites' connections, fsynced outcomes), where the shaping bookkeeping lives.
+"""
+    common.replace_section("Shaping overhead: 1,000 destinations with and without rules "
+                           "(issue 4)", body)
+    print(f"updated {common.RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -189,33 +189,6 @@ def tamper(message):
     return message[:pos] + (b"Q" if message[pos:pos + 1] != b"Q" else b"R") + message[pos + 1:]
 
 
-def start_nsd(zones):
-    """NsdServer(zones).start(), tolerating a known flake of its readiness probe.
-
-    NsdServer.start() probes with one UDP socket and a 0.2 s receive timeout. When nsd
-    answers a probe late (queries queued while it starts, on a loaded machine), every later
-    recvfrom() returns the answer to the previous query, the ID never matches, and start()
-    gives up although nsd serves. So when start() fails with nsd still running, ask again
-    with dnspython (fresh socket and ID check per query) before failing.
-    """
-    server = dns_server.NsdServer(zones)
-    try:
-        return server.start(timeout=5)
-    except RuntimeError:
-        if server.proc is None or server.proc.poll() is not None:
-            raise
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = ["127.0.0.1"]
-        resolver.port = server.port
-        try:
-            for zone in zones:
-                resolver.resolve(zone, "SOA", lifetime=15)
-        except Exception:
-            server.stop()
-            raise
-        return server
-
-
 def sign(signer, key_dir, selectors, canonicalization, message):
     args = [signer, f"--domain={DOMAIN}", f"--canonicalization={canonicalization}",
             "--expiry=86400", "--headers=" + ",".join(DEFAULT_HEADERS + EXTRA_HEADERS)]
@@ -244,7 +217,7 @@ def opendkim_child(work):
     with open(os.path.join(work, "zone.txt")) as f:
         zone = f.read()
     dns_server._free_port = lambda: 53  # our own network namespace: port 53 is free
-    server = start_nsd({DOMAIN: zone})
+    server = dns_server.NsdServer({DOMAIN: zone}).start()
     try:
         resolv = os.path.join(work, "resolv.conf")
         with open(resolv, "w") as f:
@@ -279,7 +252,7 @@ class DkimVerifyTest(unittest.TestCase):
             openssl(*command, "-out", path, *(["2048"] if command[0] == "genrsa" else []))
             cls.records[selector] = public_record(path)
         cls.zone = zone_text(cls.records)
-        cls.nsd = start_nsd({DOMAIN: cls.zone})
+        cls.nsd = dns_server.NsdServer({DOMAIN: cls.zone}).start()
         cls.addClassCleanup(cls.nsd.stop)
         cls.resolver = dns.resolver.Resolver(configure=False)
         cls.resolver.nameservers = ["127.0.0.1"]

@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -69,25 +70,28 @@ class NsdServer:
         self.proc = subprocess.Popen([NSD, "-d", "-c", os.path.join(self.dir, "nsd.conf")],
                                      stdout=out, stderr=out, start_new_session=True)
         deadline = time.time() + timeout
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(0.2)
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("nsd exited: " + self.logs())
-                answered = 0
-                for name in self.zones:
-                    qid, q = _soa_query(name)
-                    try:
-                        s.sendto(q, ("127.0.0.1", self.port))
-                        data, _ = s.recvfrom(4096)
-                        if struct.unpack(">H", data[:2])[0] == qid and data[3] & 0x0F == 0:
-                            answered += 1
-                    except OSError:
-                        pass
-                if answered == len(self.zones):
-                    return self
-                time.sleep(0.05)
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("nsd exited: " + self.logs())
+            if all(self._answers_soa(name) for name in self.zones):
+                return self
+            time.sleep(0.05)
         raise RuntimeError("nsd did not answer: " + self.logs())
+
+    def _answers_soa(self, name):
+        # A fresh socket per probe, and replies to other queries skipped: a late answer to
+        # an earlier probe must not be taken for this one's.
+        qid, q = _soa_query(name)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            try:
+                s.sendto(q, ("127.0.0.1", self.port))
+                while True:
+                    data, _ = s.recvfrom(4096)
+                    if len(data) >= 4 and struct.unpack(">H", data[:2])[0] == qid:
+                        return data[3] & 0x0F == 0
+            except OSError:
+                return False
 
     def address(self):
         return f"127.0.0.1:{self.port}"
@@ -110,3 +114,4 @@ class NsdServer:
                 pass
             self.proc.wait(timeout=10)
             self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "mta/base/net.h"
 #include "queue/retry_schedule.h"
 #include "re2/re2.h"
@@ -84,6 +85,16 @@ auth:                         # SMTP AUTH; each listener enables it with its own
   password_file: ""           # user:hash:sender_domains[:stream] lines (see mtactl passwd)
   max_failures: 5             # failed AUTH attempts per client IP and per user ...
   failure_window: 5m          # ... within this window; later attempts get 454 until it passes
+dkim:                         # DKIM signing of outgoing mail, once per message before spooling
+  signing: []                 # e.g. [{domain: example.com, selector: s1, key_file: /etc/mta/s1.pem}]
+                              #   optional per key: headers: [] (signed fields; [] = default),
+                              #   oversign: [] ([] = from, subject, to), canonicalization:
+                              #   relaxed/relaxed (or simple/simple, relaxed/simple,
+                              #   simple/relaxed), expire: "" (e.g. 7d: x= that long after t=).
+                              # The key is chosen by the From: domain (exact match, else the
+                              # envelope sender's); several keys for one domain = dual signing.
+  on_key_error: reject        # a missing or bad key file fails start-up (SIGHUP keeps old keys)
+  on_sign_error: tempfail     # signing failure: 451 4.7.0 and nothing spooled (never unsigned)
 listeners:                    # SMTP listeners; each key below applies per listener
   - name: default             # label used in logs and the spool
     address: 127.0.0.1:2525   # IP literal and port ([v6]:port for IPv6)
@@ -487,6 +498,55 @@ absl::Status ParseShapingRule(const YAML::Node& node, const std::string& path,
   return CheckLimits(m, rule->limits);
 }
 
+bool IsDnsName(absl::string_view name) {
+  if (name.empty() || name.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(name, '.')) {
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+      return false;
+    }
+    for (char ch : label) {
+      if (!absl::ascii_isalnum(ch) && ch != '-' && ch != '_') return false;
+    }
+  }
+  return true;
+}
+
+absl::Status ParseDkimSigning(const YAML::Node& node, const std::string& path,
+                              absl::string_view source, DkimSigningConfig* d) {
+  MapReader m(node, path, source);
+  RETURN_IF_ERROR(m.String("domain", &d->domain));
+  RETURN_IF_ERROR(m.String("selector", &d->selector));
+  RETURN_IF_ERROR(m.String("key_file", &d->key_file));
+  RETURN_IF_ERROR(m.StringList("headers", &d->headers));
+  RETURN_IF_ERROR(m.StringList("oversign", &d->oversign));
+  RETURN_IF_ERROR(m.String("canonicalization", &d->canonicalization));
+  RETURN_IF_ERROR(m.String("expire", &d->expire));
+  RETURN_IF_ERROR(m.Finish());
+  d->domain = absl::AsciiStrToLower(d->domain);
+  if (!IsDnsName(d->domain)) return m.ErrorAt("domain", "must be a domain name");
+  if (!IsDnsName(d->selector)) return m.ErrorAt("selector", "must be a DNS label such as s1");
+  if (d->key_file.empty()) return m.ErrorAt("key_file", "must name a PEM private key file");
+  for (const std::string& h : d->headers) {
+    if (!IsHeaderName(h)) return m.ErrorAt("headers", absl::StrCat("bad header name ", Quoted(h)));
+  }
+  if (!d->headers.empty() &&
+      std::none_of(d->headers.begin(), d->headers.end(),
+                   [](const std::string& h) { return absl::EqualsIgnoreCase(h, "from"); })) {
+    return m.ErrorAt("headers", "must include From");
+  }
+  for (const std::string& h : d->oversign) {
+    if (!IsHeaderName(h)) return m.ErrorAt("oversign", absl::StrCat("bad header name ", Quoted(h)));
+  }
+  static constexpr absl::string_view kCanon[] = {"relaxed/relaxed", "simple/simple",
+                                                 "relaxed/simple", "simple/relaxed"};
+  if (std::find(std::begin(kCanon), std::end(kCanon), d->canonicalization) == std::end(kCanon)) {
+    return m.ErrorAt("canonicalization",
+                     "must be relaxed/relaxed, simple/simple, relaxed/simple or simple/relaxed");
+  }
+  if (!d->expire.empty() && !IsOneDuration(d->expire)) return m.ErrorAt("expire", kOneDuration);
+  return absl::OkStatus();
+}
+
 absl::Status ParseStream(const YAML::Node& node, const std::string& path, absl::string_view source,
                          const NameSet& pools, NameSet* names, StreamConfig* st) {
   MapReader m(node, path, source);
@@ -737,6 +797,33 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(auth.String("failure_window", &c.auth_failure_window));
   RETURN_IF_ERROR(auth.Finish());
   if (!IsOneDuration(c.auth_failure_window)) return auth.ErrorAt("failure_window", kOneDuration);
+
+  MapReader dkim(top.Get("dkim"), "dkim", source);
+  RETURN_IF_ERROR(dkim.Check());
+  RETURN_IF_ERROR(
+      ReadMapList(dkim, "signing", &c.dkim_signing,
+                  [&](const YAML::Node& node, const std::string& path, DkimSigningConfig* d) {
+                    return ParseDkimSigning(node, path, source, d);
+                  }));
+  RETURN_IF_ERROR(dkim.String("on_key_error", &c.dkim_on_key_error));
+  RETURN_IF_ERROR(dkim.String("on_sign_error", &c.dkim_on_sign_error));
+  RETURN_IF_ERROR(dkim.Finish());
+  if (c.dkim_on_key_error != "reject") {
+    return dkim.ErrorAt("on_key_error", "must be reject");
+  }
+  if (c.dkim_on_sign_error != "tempfail") {
+    return dkim.ErrorAt("on_sign_error", "must be tempfail");
+  }
+  {
+    absl::flat_hash_set<std::string> keys;
+    for (size_t i = 0; i < c.dkim_signing.size(); ++i) {
+      const DkimSigningConfig& d = c.dkim_signing[i];
+      if (!keys.insert(absl::StrCat(d.domain, "/", d.selector)).second) {
+        return dkim.ErrorAt("signing", absl::StrCat("duplicate domain and selector '", d.selector,
+                                                    "._domainkey.", d.domain, "'"));
+      }
+    }
+  }
 
   YAML::Node listeners = top.Get("listeners");
   if (listeners) {

@@ -129,6 +129,18 @@ struct ShapingRuleConfig {
   bool operator==(const ShapingRuleConfig&) const = default;
 };
 
+/** One DKIM signing key (dkim.signing[]); several for one domain = dual signing. */
+struct DkimSigningConfig {
+  std::string domain;                 // d=, lower-cased; matched exactly against From:
+  std::string selector;               // s=
+  std::string key_file;               // PEM private key (RSA >= 2048 bits or Ed25519)
+  std::vector<std::string> headers;   // signed header fields; [] = the library default
+  std::vector<std::string> oversign;  // [] = from, subject, to
+  std::string canonicalization = "relaxed/relaxed";  // header/body: relaxed or simple
+  std::string expire;                                // "" = no x=; else one duration such as 7d
+  bool operator==(const DkimSigningConfig&) const = default;
+};
+
 struct Config {
   // server
   std::string hostname;  // "" = gethostname()
@@ -181,6 +193,10 @@ struct Config {
   std::string auth_password_file;          // "" = none (then no listener may enable AUTH)
   uint32_t auth_max_failures = 5;          // failed attempts per client IP and per user ...
   std::string auth_failure_window = "5m";  // ... within this; more get 454 until it passes
+  // dkim (keys loaded at start-up and re-loaded on SIGHUP)
+  std::vector<DkimSigningConfig> dkim_signing;
+  std::string dkim_on_key_error = "reject";     // a missing or bad key fails start-up
+  std::string dkim_on_sign_error = "tempfail";  // 451 4.7.0; never sent unsigned
   // listeners
   std::vector<ListenerConfig> listeners = {ListenerConfig()};
 

@@ -24,6 +24,7 @@
 #include "mta/delivery/delivery_manager.h"
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
+#include "mta/server/dkim_signing.h"
 #include "mta/server/shard.h"
 #include "mta/server/traffic_policy_builder.h"
 #include "queue/content_loader.h"
@@ -145,6 +146,20 @@ void ReloadPasswordFile(const Config& running, auth::CredentialVerifier* verifie
   verifier->SetPasswordFile(*std::move(passwords));
 }
 
+// SIGHUP: the dkim.signing keys are re-read (files renewed in place, entries added or
+// removed). A missing or bad key keeps the loaded keys: mail is never signed with a
+// half-loaded set.
+void ReloadDkimKeys(const Config& running, DkimSigningService* dkim) {
+  if (dkim == nullptr) return;
+  auto keys = LoadDkimKeys(running);
+  if (!keys.ok()) {
+    MTA_LOG_ERROR("SIGHUP: %s; keeping the loaded DKIM keys", keys.status().message());
+    return;
+  }
+  MTA_LOG_INFO("SIGHUP: DKIM keys reloaded: %d keys", (*keys)->key_count());
+  dkim->SetKeys(*std::move(keys));
+}
+
 // SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules and
 // suspensions) is re-read and handed to every shard; queued mail stays queued. Other
 // settings need a restart, which is logged when they changed.
@@ -160,6 +175,7 @@ void CopyReloadable(const Config& from, Config* to) {
   to->retry_intervals = from.retry_intervals;  // streams inherit these three
   to->retry_jitter_percent = from.retry_jitter_percent;
   to->queue_lifetime = from.queue_lifetime;
+  to->dkim_signing = from.dkim_signing;  // keys re-read by ReloadDkimKeys
 }
 
 void Reload(const std::string& path, Config* running,
@@ -268,6 +284,9 @@ int Run(int argc, char** argv) {
       if (auto passwords = LoadPasswordFile(*config); !passwords.ok()) {
         return Fail(std::string(passwords.status().message()));
       }
+      if (auto keys = LoadDkimKeys(*config); !keys.ok()) {
+        return Fail(std::string(keys.status().message()));
+      }
       std::printf("%s: ok\n", path);
       return 0;
     } else if (arg == "--config") {
@@ -294,6 +313,9 @@ int Run(int argc, char** argv) {
   if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
   Config config = *std::move(loaded);
   SetLogLevel(ParseLevel(config.log_level));
+  // dkim.on_key_error: reject. Every key must load before anything starts.
+  auto dkim_keys = LoadDkimKeys(config);
+  if (!dkim_keys.ok()) return Fail(std::string(dkim_keys.status().message()));
   if (shards_override > 0) config.shards = shards_override;
   if (config.shards == 0) config.shards = std::max(1u, std::thread::hardware_concurrency());
   if (config.hostname.empty()) {
@@ -370,6 +392,14 @@ int Run(int argc, char** argv) {
     }
   }
 
+  // DKIM signing; like the verifier, destroyed before the shards it posts into. Always
+  // running, so that SIGHUP can add the first keys.
+  auto dkim = std::make_unique<DkimSigningService>(*std::move(dkim_keys));
+  context.dkim = dkim.get();
+  if (!config.dkim_signing.empty()) {
+    MTA_LOG_INFO("DKIM: %d signing keys loaded", config.dkim_signing.size());
+  }
+
   absl::Time recover_start = absl::Now();
   uint64_t recovered = 0;
   absl::Status rs = (*spool)->Recover([&](queue::Envelope envelope) {
@@ -425,6 +455,7 @@ int Run(int argc, char** argv) {
     if (sig == SIGHUP) {
       Reload(config_path, &config, shards);
       ReloadPasswordFile(config, verifier.get());
+      ReloadDkimKeys(config, dkim.get());
       continue;
     }
     MTA_LOG_INFO("signal %d: shutting down (grace %d s)", sig, config.shutdown_grace_s);

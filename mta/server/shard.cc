@@ -16,6 +16,7 @@
 #include "auth/credential_verifier.h"
 #include "auth/tls_channel.h"
 #include "mta/base/log.h"
+#include "mta/server/dkim_signing.h"
 
 namespace mta::server {
 
@@ -735,8 +736,48 @@ void Shard::OnConnectionClosed(Connection* conn) {
 
 void Shard::Submit(Connection* conn, std::unique_ptr<queue::SpoolRecord> record) {
   ++pending_commits_;
+  const uint64_t conn_id = conn->id();
+  if (context_->dkim != nullptr) {
+    std::shared_ptr<const DkimKeySet> keys = context_->dkim->keys();
+    std::string domain;
+    if (keys != nullptr && !keys->empty()) {
+      domain = DkimSigningDomain(record->content, record->envelope.sender);
+    }
+    if (!domain.empty() && keys->Find(domain) != nullptr) {
+      // Signed once here, so the spool holds the signed bytes every attempt sends.
+      event::EventLoop* loop = loop_.get();
+      context_->dkim->Sign(
+          std::move(record), std::move(keys), std::move(domain),
+          [this, loop, conn_id](absl::Status status,
+                                std::unique_ptr<queue::SpoolRecord> rec) mutable {
+            // Runs on the signer's thread (or here when it is full): back to this loop.
+            loop->Post([this, conn_id, status = std::move(status), rec = std::move(rec)]() mutable {
+              if (status.ok()) {
+                Commit(conn_id, std::move(rec));
+                return;
+              }
+              // Never spool an unsigned message for a signing domain (on_sign_error:
+              // tempfail): the client tries again later.
+              MTA_LOG_WARNING("shard %d: message %s not signed: %s", index_, rec->envelope.id,
+                              status.ToString());
+              OnCommitted(
+                  conn_id,
+                  status.code() == absl::StatusCode::kResourceExhausted
+                      ? smtp::CommitRefused("451 4.3.2 Too many messages waiting to be signed, try "
+                                            "again later")
+                      : smtp::CommitRefused(
+                            "451 4.7.0 Message could not be signed, try again later"),
+                  std::move(rec));
+            });
+          });
+      return;
+    }
+  }
+  Commit(conn_id, std::move(record));
+}
+
+void Shard::Commit(uint64_t conn_id, std::unique_ptr<queue::SpoolRecord> record) {
   event::EventLoop* loop = loop_.get();
-  uint64_t conn_id = conn->id();
   context_->spool->Commit(
       std::move(record),
       [this, loop, conn_id](absl::Status status, std::unique_ptr<queue::SpoolRecord> rec) mutable {

@@ -38,6 +38,7 @@ class CredentialVerifier;
 
 namespace mta::server {
 
+class DkimSigningService;
 class Shard;
 
 /** One configured listener, resolved once at start-up and shared read-only by shards. */
@@ -71,6 +72,9 @@ struct ServerContext {
   auth::CredentialVerifier* verifier = nullptr;
   uint32_t auth_max_failures = 5;
   absl::Duration auth_failure_window = absl::Minutes(5);
+  // DKIM: messages whose From: domain has keys are signed on this service's thread before
+  // they are spooled (null when dkim.signing is empty at start-up).
+  DkimSigningService* dkim = nullptr;
   std::vector<Shard*> shards;  // filled before any shard runs
   // Ready once every shard's loop exists; shards wait for it before accepting or posting.
   std::shared_future<void> all_started;
@@ -116,6 +120,8 @@ class Shard {
   void OnAccept(size_t listener, int fd);
   void OnConnectionClosed(Connection* conn);
   void Submit(Connection* conn, std::unique_ptr<queue::SpoolRecord> record);
+  // Spools a (signed or unsigned) record; the verdict comes back through OnCommitted.
+  void Commit(uint64_t conn_id, std::unique_ptr<queue::SpoolRecord> record);
   void OnCommitted(uint64_t conn_id, absl::Status status,
                    std::unique_ptr<queue::SpoolRecord> record);
   void Enqueue(queue::Envelope envelope, std::optional<std::string> content);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -88,7 +89,15 @@ bool DecodeBase64Strict(absl::string_view in, std::string* out) {
   return absl::Base64Unescape(in, out);
 }
 
+constexpr char kReplyPayload[] = "type.mta/smtp.CommitReply";
+
 }  // namespace
+
+absl::Status CommitRefused(absl::string_view reply) {
+  absl::Status status = absl::UnavailableError(reply);
+  status.SetPayload(kReplyPayload, absl::Cord(reply));
+  return status;
+}
 
 Session::Session(const SessionConfig& config, ClientInfo client, SessionDelegate* delegate)
     : config_(config), client_(std::move(client)), delegate_(delegate) {}
@@ -823,6 +832,8 @@ void Session::OnCommitDone(const absl::Status& status, const std::string& queue_
   if (status.ok()) {
     ++messages_accepted_;
     Reply(absl::StrCat("250 2.0.0 Ok: queued as ", queue_id));
+  } else if (auto reply = status.GetPayload(kReplyPayload); reply.has_value()) {
+    Reply(std::string(*reply));
   } else {
     Reply("451 4.3.0 Error: queue file write error, try again later");
   }

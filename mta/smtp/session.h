@@ -22,6 +22,12 @@
 
 namespace mta::smtp {
 
+/**
+ * A Submit() failure answered with `reply` (a full reply line without CRLF, e.g.
+ * "451 4.7.0 ...") instead of the default 451 4.3.0; for Session::OnCommitDone.
+ */
+absl::Status CommitRefused(absl::string_view reply);
+
 /** Settings shared by every session of a listener. Immutable while sessions run. */
 struct SessionConfig {
   std::string hostname = "localhost";

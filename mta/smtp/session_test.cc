@@ -349,6 +349,19 @@ TEST_F(SessionTest, ByteAtATimeInputMatchesOneShot) {
   }
 }
 
+TEST_F(SessionTest, CommitRefusedGivesItsOwnReply) {
+  Start();
+  BeginTransaction("<s@remote.example>", {"<u@local.example>"});
+  EXPECT_EQ(Send("DATA\r\n"), Replies({kDataGo}));
+  EXPECT_EQ(Send("From: s@remote.example\r\n\r\nbody\r\n.\r\n"), Replies());
+  ASSERT_EQ(delegate_.submitted.size(), 1u);
+  session_->OnCommitDone(CommitRefused("451 4.7.0 Message could not be signed, try again later"),
+                         "Q0001");
+  EXPECT_EQ(Take(), Replies({"451 4.7.0 Message could not be signed, try again later"}));
+  EXPECT_EQ(session_->messages_accepted(), 0u);
+  EXPECT_FALSE(session_->closing());
+}
+
 TEST_F(SessionTest, CommitFailureGives451AndAllowsRetry) {
   Start();
   BeginTransaction("<s@remote.example>", {"<u@local.example>"});

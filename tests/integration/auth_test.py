@@ -7,6 +7,7 @@ import os
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -262,6 +263,35 @@ class UntrustedListenerTest(unittest.TestCase):
                 (538, "5.7.11 Encryption required for requested authentication mechanism"))
             self.assertEqual(c.cmd("AUTH LOGIN")[0], 538)
             c.close()
+        finally:
+            m.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def test_auth_after_starttls_allows_relay(self):
+        workdir = tempfile.mkdtemp(prefix="mtad-auth-")
+        make_password_file(workdir)
+        cert, key = os.path.join(workdir, "c.pem"), os.path.join(workdir, "k.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        key, "-out", cert, "-days", "1", "-subj", "/CN=mx.test.example"],
+                       check=True, capture_output=True)
+        m = auth_mtad(workdir, trusted=False)
+        m.listener.update({"tls": "starttls", "tls_cert_file": cert, "tls_key_file": key})
+        m.start()
+        try:
+            s = client(m.port)
+            self.assertFalse(s.has_extn("auth"))
+            self.assertEqual(s.docmd("AUTH", "PLAIN " + plain("alice", PASSWORDS["alice"]))[0],
+                             538)
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.ehlo("client.test")
+            self.assertIn("PLAIN", s.esmtp_features.get("auth", "").upper())
+            self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+            self.assertEqual(s.mail("a@example.com")[0], 250)
+            self.assertEqual(s.rcpt("someone@remote.example")[0], 250)  # relay: authenticated
+            s.quit()
         finally:
             m.stop()
             shutil.rmtree(workdir, ignore_errors=True)

@@ -3,16 +3,15 @@
 #define AUTH_CREDENTIAL_VERIFIER_H_
 
 #include <cstddef>
-#include <deque>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "auth/auth_user.h"
 #include "auth/password_file.h"
+#include "mta/base/work_queue.h"
 
 namespace mta::auth {
 
@@ -43,19 +42,9 @@ class CredentialVerifier {
   void SetPasswordFile(std::shared_ptr<const PasswordFile> file);
 
  private:
-  struct Request {
-    std::string user;
-    std::string password;
-    Callback done;
-  };
-  void Run();
-
-  const size_t max_pending_;
   absl::Mutex mu_;
   std::shared_ptr<const PasswordFile> file_ ABSL_GUARDED_BY(mu_);
-  std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  WorkQueue queue_;  // last: its tasks use the members above
 };
 
 }  // namespace mta::auth

@@ -2,14 +2,12 @@
 #ifndef QUEUE_CONTENT_LOADER_H_
 #define QUEUE_CONTENT_LOADER_H_
 
-#include <deque>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "mta/base/work_queue.h"
 #include "queue/spool.h"
 
 namespace mta::queue {
@@ -23,23 +21,14 @@ class ContentLoader {
  public:
   using Callback = absl::AnyInvocable<void(absl::StatusOr<std::shared_ptr<const std::string>>)>;
 
-  explicit ContentLoader(Spool* spool);
-  ~ContentLoader();  // finishes queued loads, then stops
+  explicit ContentLoader(Spool* spool) : spool_(spool) {}
+  // Destruction finishes queued loads, then stops.
 
   void Load(const std::string& id, Callback done);
 
  private:
-  struct Request {
-    std::string id;
-    Callback done;
-  };
-  void Run();
-
   Spool* const spool_;
-  absl::Mutex mu_;
-  std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  WorkQueue queue_{"spool-loader"};
 };
 
 }  // namespace mta::queue

@@ -1,7 +1,5 @@
 #include "mta/server/dkim_signing.h"
 
-#include <pthread.h>
-
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -177,15 +175,9 @@ absl::Status DkimSignRecord(const DkimDomainKeys& keys, queue::SpoolRecord* reco
 }
 
 DkimSigningService::DkimSigningService(std::shared_ptr<const DkimKeySet> keys, size_t max_pending)
-    : max_pending_(max_pending), keys_(std::move(keys)), thread_([this] { Run(); }) {}
+    : keys_(std::move(keys)), queue_("dkim-signer", max_pending) {}
 
-DkimSigningService::~DkimSigningService() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  thread_.join();
-}
+DkimSigningService::~DkimSigningService() = default;
 
 std::shared_ptr<const DkimKeySet> DkimSigningService::keys() const {
   absl::MutexLock lock(&mu_);
@@ -200,33 +192,17 @@ void DkimSigningService::SetKeys(std::shared_ptr<const DkimKeySet> keys) {
 void DkimSigningService::Sign(std::unique_ptr<queue::SpoolRecord> record,
                               std::shared_ptr<const DkimKeySet> keys, std::string domain,
                               Callback done) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (queue_.size() < max_pending_) {
-      queue_.push_back({std::move(record), std::move(keys), std::move(domain), std::move(done)});
-      return;
-    }
+  if (!queue_.HasRoom()) {
+    done(absl::ResourceExhaustedError("too many messages waiting to be signed"), std::move(record));
+    return;
   }
-  done(absl::ResourceExhaustedError("too many messages waiting to be signed"), std::move(record));
-}
-
-void DkimSigningService::Run() {
-  pthread_setname_np(pthread_self(), "dkim-signer");
-  for (;;) {
-    Request req;
-    {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this] { return stopping_ || !queue_.empty(); };
-      mu_.Await(absl::Condition(&ready));
-      if (queue_.empty()) return;  // stopping and drained
-      req = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    const DkimDomainKeys* keys = req.keys == nullptr ? nullptr : req.keys->Find(req.domain);
-    absl::Status status = keys == nullptr ? absl::InternalError("no DKIM keys for the domain")
-                                          : DkimSignRecord(*keys, req.record.get());
-    req.done(std::move(status), std::move(req.record));
-  }
+  queue_.Post([record = std::move(record), keys = std::move(keys), domain = std::move(domain),
+               done = std::move(done)]() mutable {
+    const DkimDomainKeys* found = keys == nullptr ? nullptr : keys->Find(domain);
+    absl::Status status = found == nullptr ? absl::InternalError("no DKIM keys for the domain")
+                                           : DkimSignRecord(*found, record.get());
+    done(std::move(status), std::move(record));
+  });
 }
 
 }  // namespace mta::server

@@ -4,10 +4,8 @@
 #define MTA_SERVER_DKIM_SIGNING_H_
 
 #include <cstddef>
-#include <deque>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -17,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "auth/dkim_signer.h"
+#include "mta/base/work_queue.h"
 #include "mta/server/config.h"
 #include "queue/spool.h"
 
@@ -95,20 +94,9 @@ class DkimSigningService {
             std::string domain, Callback done);
 
  private:
-  struct Request {
-    std::unique_ptr<queue::SpoolRecord> record;
-    std::shared_ptr<const DkimKeySet> keys;
-    std::string domain;
-    Callback done;
-  };
-  void Run();
-
-  const size_t max_pending_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const DkimKeySet> keys_ ABSL_GUARDED_BY(mu_);
-  std::deque<Request> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  WorkQueue queue_;  // last: destroyed (drained) before the members above
 };
 
 }  // namespace mta::server

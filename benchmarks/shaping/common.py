@@ -131,20 +131,42 @@ def replace_section(title, body):
         f.write(text)
 
 
-def wait_quiet(pattern="shaping_test|bazel test", interval=30, limit=900):
-    """Waits (up to `limit` s) until no process matches `pattern` (someone else's test run
-    would skew the figures). Returns True if it was quiet (at once or after waiting)."""
+BUSY_PATTERN = "shaping_test|bazel test"
+
+
+def others_busy(pattern=BUSY_PATTERN):
+    """Pids of what would skew the figures: someone's test run (`pattern`), or an mtad
+    this process did not start (another benchmark or test on the shared machine)."""
+    def pgrep(pat):
+        out = subprocess.run(["pgrep", "-f", pat], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+    pids = pgrep(pattern)
+    for pid in pgrep("mtad --config"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid != os.getpid():
+            pids.append(pid)
+    return pids
+
+
+def wait_quiet(pattern=BUSY_PATTERN, interval=30, limit=900):
+    """Waits (up to `limit` s) until others_busy() is empty (someone else's test run or
+    benchmark would skew the figures). Returns True if it was quiet (at once or after
+    waiting)."""
     deadline = time.time() + limit
     while True:
-        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-        pids = [p for p in out.split() if int(p) != os.getpid()]
+        pids = others_busy(pattern)
         if not pids:
             return True
         if time.time() > deadline:
-            print(f"still busy after {limit} s ({pattern}): going ahead", flush=True)
+            print(f"still busy after {limit} s: going ahead", flush=True)
             return False
-        print(f"waiting for other processes to finish ({pattern}: {' '.join(pids)})",
-              flush=True)
+        print(f"waiting for other processes to finish ({pattern}, or an mtad not ours: "
+              f"{' '.join(map(str, pids))})", flush=True)
         time.sleep(interval)
 
 
@@ -477,10 +499,10 @@ def start_nsd(zones, timeout=20):
 
 
 class OverlapWatch:
-    """Samples `pgrep -f pattern` every `interval` s from a thread while a run goes on;
-    `busy` says whether another test run was seen during it."""
+    """Samples others_busy() every `interval` s from a thread while a run goes on; `busy`
+    says whether another test run or mtad was seen during it."""
 
-    def __init__(self, pattern="shaping_test|bazel test", interval=5):
+    def __init__(self, pattern=BUSY_PATTERN, interval=5):
         import threading
         self.pattern = pattern
         self.interval = interval
@@ -490,9 +512,7 @@ class OverlapWatch:
 
     def _run(self):
         while not self._stop.is_set():
-            out = subprocess.run(["pgrep", "-f", self.pattern], capture_output=True,
-                                 text=True).stdout
-            if any(int(p) != os.getpid() for p in out.split()):
+            if others_busy(self.pattern):
                 self.busy = True
             self._stop.wait(self.interval)
 
@@ -504,3 +524,20 @@ class OverlapWatch:
         self._stop.set()
         self._thread.join()
         return False
+
+
+def notable_log_lines(log):
+    """mtad log lines worth reporting: warnings, errors, and INFO lines other than the
+    routine ones (start, stop, one 'connected to' per outbound connection), e.g.
+    'delivery: <site>: <why the site could not be reached>'."""
+    routine = ("delivery: connected to", "recovered ", "mtad ready", "signal ", "stopped ",
+               "SIGHUP: reloaded")
+    out = []
+    for line in log.splitlines():
+        parts = line.split(" ", 2)  # time, level, message
+        if len(parts) == 3 and parts[1] == "INFO" and parts[2].startswith(routine):
+            continue
+        if len(parts) == 3 and parts[1] == "DEBUG":
+            continue
+        out.append(line)
+    return out

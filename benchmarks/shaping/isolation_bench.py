@@ -14,7 +14,11 @@ Cases (--cases):
   the same (kernel-chosen) source: the hard case, where only stream priority keeps
   transactional mail from queueing behind the backlog;
 - separate: egress sources tx1 = 127.0.0.2 and bulk1 = 127.0.0.3, pools `tx` and `bulk`,
-  one per stream: each source has its own 5 connections to the site.
+  one per stream: each source has its own 5 connections to the site;
+- control (not in the default set): as shared, but the marketing goes to another domain,
+  bulk.test, routed to a second capture_sink process. Transactional mail shares only
+  mtad (and the machine's 2 cores) with the drain, not the receiver: the difference to
+  `separate` is what the shared receiver costs.
 
 Phases of one run of a case:
 - A (no backlog): transactional messages at --rate/s (default 50) for --seconds (20),
@@ -35,7 +39,7 @@ absolute schedule. For B the run checks the backlog was still draining when the 
 transactional message arrived, and reports how much of it the sink had not yet received
 at that moment ("undelivered"). --runs (3) runs of each phase per case; medians are
 reported, and the section "Transactional isolation" of benchmarks/RESULTS.md is replaced
-(unless --no-results).
+(unless --no-results; a run with other --cases than the default writes its own section).
 
 usage: benchmarks/shaping/isolation_bench.py [--runs 3] [--backlog 100000] [--seconds 20]
            [--rate 50] [--cases shared,separate]
@@ -58,7 +62,9 @@ import common  # noqa: E402
 import harness  # noqa: E402
 
 DEST = "dest.test"
+BULK_DEST = "bulk.test"  # the control case's marketing destination
 BUSY = "; OTHER TESTS RAN MEANWHILE"
+DEFAULT_CASES = "shared,separate"
 TX_SOURCE, BULK_SOURCE = "127.0.0.2", "127.0.0.3"
 
 
@@ -71,19 +77,20 @@ class Tracker:
         self.tx_conn = {}
         self.mk = []
         self.other = 0
-        self.by_conn = {}  # conn_id -> [(timestamp, is_tx)] in arrival order
+        self.by_conn = {}  # (sink port, conn_id) -> [(timestamp, is_tx)] in arrival order
 
     def __call__(self, rec):
         rcpt = rec["rcpt_to"][0] if rec["rcpt_to"] else ""
         t = rec["timestamp"]
+        conn = (rec["local_port"], rec["conn_id"])  # one tracker may follow several sinks
         if rcpt.startswith("tx-"):
             if rcpt not in self.tx:
                 self.tx[rcpt] = t
-                self.tx_conn[rcpt] = (rec["conn_id"], len(self.by_conn.get(rec["conn_id"], [])))
-            self.by_conn.setdefault(rec["conn_id"], []).append((t, True))
+                self.tx_conn[rcpt] = (conn, len(self.by_conn.get(conn, [])))
+            self.by_conn.setdefault(conn, []).append((t, True))
         elif "mk@" in rcpt:  # smtp-source may prefix a number
             self.mk.append(t)
-            self.by_conn.setdefault(rec["conn_id"], []).append((t, False))
+            self.by_conn.setdefault(conn, []).append((t, False))
         else:
             self.other += 1
 
@@ -120,6 +127,27 @@ class Tracker:
         return common.median(gaps)
 
 
+class Sinks:
+    """The capture sinks of a phase: [0] receives dest.test; in the control case [1]
+    receives bulk.test (the marketing)."""
+
+    def __init__(self, case, tracker):
+        n = 2 if case == "control" else 1
+        self.all = [common.CaptureSink(on_message=tracker) for _ in range(n)]
+        self.port = self.all[0].port
+
+    def poll(self):
+        for s in self.all:
+            s.poll()
+
+    def pids(self):
+        return [s.proc.pid for s in self.all]
+
+    def stop(self):
+        for s in self.all:
+            s.stop()
+
+
 def cpu_ticks(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -129,7 +157,7 @@ def cpu_ticks(pid):
         return 0
 
 
-def mtad_for(case, sink, suspended):
+def mtad_for(case, sinks, suspended):
     sections = {
         "streams": [{"name": "transactional", "priority": 10},
                     {"name": "marketing", "priority": 0}],
@@ -149,8 +177,8 @@ def mtad_for(case, sink, suspended):
         shards=ARGS.shards, limits={"max_connections_per_ip": 10000},
         spool={"max_bodies_in_memory": ARGS.max_bodies} if ARGS.max_bodies else None,
         listener={"stream": "transactional", "stream_header": "X-Stream"},
-        delivery={"routes": [{"domain": DEST, "host": "127.0.0.1", "port": sink.port,
-                              "tls": "none"}]},
+        delivery={"routes": [{"domain": d, "host": "127.0.0.1", "port": s.port, "tls": "none"}
+                             for d, s in zip((DEST, BULK_DEST), sinks.all)]},
         sections=sections)
 
 
@@ -211,9 +239,9 @@ def wait_until(cond, timeout, sink, step=0.2):
 
 def tx_phase(m, sink, tracker):
     hz = os.sysconf("SC_CLK_TCK")
-    cpu0 = (time.time(), cpu_ticks(m.proc.pid), cpu_ticks(sink.proc.pid))
+    cpu0 = (time.time(), cpu_ticks(m.proc.pid), sum(cpu_ticks(p) for p in sink.pids()))
     acked, refused, late, (first_ack, last_ack) = inject_tx(m.port, ARGS.rate, ARGS.seconds)
-    cpu1 = (time.time(), cpu_ticks(m.proc.pid), cpu_ticks(sink.proc.pid))
+    cpu1 = (time.time(), cpu_ticks(m.proc.pid), sum(cpu_ticks(p) for p in sink.pids()))
     ok = wait_until(lambda: all(r in tracker.tx for r in acked), 120, sink)
     missing = [r for r in acked if r not in tracker.tx]
     lat = sorted(max(0.0, (tracker.tx[r] - t) * 1000) for r, t in acked.items()
@@ -236,12 +264,12 @@ def tx_phase(m, sink, tracker):
 
 
 def log_problems(m):
-    return [l for l in m.log().splitlines() if " WARN " in l[:40] or " ERROR " in l[:40]]
+    return common.notable_log_lines(m.log())
 
 
 def phase_a(case):
     tracker = Tracker()
-    sink = common.CaptureSink(on_message=tracker)
+    sink = Sinks(case, tracker)
     m = mtad_for(case, sink, suspended=False)
     try:
         m.start(timeout=60)
@@ -254,9 +282,9 @@ def phase_a(case):
         shutil.rmtree(m.workdir, ignore_errors=True)
 
 
-def marketing_file(size=1024):
+def marketing_file(dest, size=1024):
     path = os.path.join(tempfile.mkdtemp(prefix="mk-", dir=common.SHM), "marketing.eml")
-    lines = ["From: <news@sender.bench>", f"To: <mk@{DEST}>", "Subject: marketing",
+    lines = ["From: <news@sender.bench>", f"To: <mk@{dest}>", "Subject: marketing",
              "X-Stream: marketing", ""]
     while sum(len(l) + 2 for l in lines) + 78 <= size:
         lines.append("y" * 76)
@@ -267,16 +295,17 @@ def marketing_file(size=1024):
 
 def phase_b(case):
     tracker = Tracker()
-    sink = common.CaptureSink(on_message=tracker)
+    sink = Sinks(case, tracker)
     m = mtad_for(case, sink, suspended=True)
-    mk_file = marketing_file()
+    mk_dest = BULK_DEST if case == "control" else DEST
+    mk_file = marketing_file(mk_dest)
     r = {}
     try:
         m.start(timeout=60)
         # The backlog: smtp-source, 20 sessions, one connection each kept for all its mail.
         t0 = time.time()
         cmd = ["smtp-source", "-d", "-s", "20", "-m", str(ARGS.backlog), "-F", mk_file,
-               "-f", "news@sender.bench", "-t", f"mk@{DEST}", f"127.0.0.1:{m.port}"]
+               "-f", "news@sender.bench", "-t", f"mk@{mk_dest}", f"127.0.0.1:{m.port}"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             raise RuntimeError(f"smtp-source failed: {out.stderr.strip()}")
@@ -341,7 +370,8 @@ def main():
     ap.add_argument("--rate", type=float, default=50)
     ap.add_argument("--settle", type=float, default=2,
                     help="seconds of marketing arrivals before transactional injection")
-    ap.add_argument("--cases", default="shared,separate")
+    ap.add_argument("--cases", default=DEFAULT_CASES,
+                    help="comma-separated: shared, separate, control")
     ap.add_argument("--shards", type=int, default=os.cpu_count())
     ap.add_argument("--max-bodies", type=int, default=0,
                     help="spool.max_bodies_in_memory for mtad (0: mtad's default, 10000)")
@@ -371,7 +401,7 @@ def main():
                 a = phase_a(case)
             a["busy"] = watch.busy
             results[case]["A"].append(a)
-            print(f"run {run + 1} {case:8} A: {fmt_a(a)}; {len(a['warnings'])} warnings"
+            print(f"run {run + 1} {case:8} A: {fmt_a(a)}; {len(a['warnings'])} notable mtad log lines"
                   f"{BUSY if a['busy'] else ''}", flush=True)
             if not ARGS.no_wait:
                 common.wait_quiet(limit=300)
@@ -388,7 +418,7 @@ def main():
                   f"{b['first_mk_after_reload'] * 1000:.0f} ms after SIGHUP, drain during tx "
                   f"{b['drain_rate_tx_window']:.0f} msg/s, undelivered at last tx "
                   f"{b['undelivered_at_last_tx']} (still draining: {b['still_draining']})"
-                  f"{drain}; {len(b['warnings'])} warnings{BUSY if b['busy'] else ''}",
+                  f"{drain}; {len(b['warnings'])} notable mtad log lines{BUSY if b['busy'] else ''}",
                   flush=True)
             for w in (a["warnings"] + b["warnings"])[:5]:
                 print("    " + w, flush=True)
@@ -450,7 +480,10 @@ transactional, stream_header: X-Stream`, `delivery.routes: [{{domain: {DEST}, ho
 `capture_sink.py --no-content` (Python asyncio, JSON lines on tmpfs, timestamp per
 message) receives everything. Case **shared**: no pools, both streams compete for the
 same 5 connections (only stream priority separates them). Case **separate**: pools `tx`
-(source 127.0.0.2) and `bulk` (127.0.0.3), one per stream, 5 connections each.
+(source 127.0.0.2) and `bulk` (127.0.0.3), one per stream, 5 connections each. Case
+**control**: as shared, but the marketing is for another domain, `bulk.test`, routed to
+a second capture_sink process: transactional mail shares mtad and the 2 cores with the
+drain, not the receiver.
 
 - **A, no backlog**: {ARGS.rate:.0f} transactional msg/s for {ARGS.seconds:.0f} s
   (1 KB, unique recipients tx-<n>@{DEST}, 4 paced client connections, MAIL + RCPT +
@@ -482,8 +515,10 @@ the transactional phase. "Marketing txn": median gap between consecutive marketi
 messages on one sink connection during that phase (one marketing transaction, end to
 end).
 """
-    common.replace_section("Transactional isolation under a marketing backlog (issue 4)",
-                           body)
+    title = "Transactional isolation under a marketing backlog (issue 4)"
+    if cases != DEFAULT_CASES.split(","):
+        title += f": cases {', '.join(cases)}"
+    common.replace_section(title, body)
     print(f"updated {common.RESULTS}")
 
 

@@ -66,6 +66,13 @@ def rules(domains):
              "max_message_rate": "100000/s"} for i in range(domains)]
 
 
+def mtad_cpu_seconds(pid):
+    """User + system CPU time mtad has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_run(args, nsd, with_rules):
     # A fresh port per run: no TIME_WAIT collisions with the previous run's connections.
     sink = common.SinkGroup(args.sinks)
@@ -100,10 +107,12 @@ def one_run(args, nsd, with_rules):
         if "error" in done:
             raise done["error"]
         t1, marks = done["t1"], done["marks"]
+        cpu = mtad_cpu_seconds(m.proc.pid)
         log = m.log()
     except Exception:
-        bad = [l for l in m.log().splitlines() if " WARN " in l[:40] or " ERROR " in l[:40]]
-        print(f"run failed; sink counted {sink.count}; mtad warnings ({len(bad)}):", flush=True)
+        bad = common.notable_log_lines(m.log())
+        print(f"run failed; sink counted {sink.count}; mtad notable log lines ({len(bad)}):",
+              flush=True)
         for line in bad[:10]:
             print("    " + line, flush=True)
         raise
@@ -111,11 +120,12 @@ def one_run(args, nsd, with_rules):
         m.stop()
         sink.stop()
         shutil.rmtree(m.workdir, ignore_errors=True)
-    warnings = [l for l in log.splitlines() if " WARN " in l[:40] or " ERROR " in l[:40]]
+    warnings = common.notable_log_lines(log)
     return {"rate": args.messages / (t1 - t0), "intake": args.messages / (injected_at - t0),
             "secs": t1 - t0, "warnings": warnings, "injected_s": injected_at - t0,
             "marks": {k: v - t0 for k, v in marks.items()},
-            "overflows": common.listen_overflows() - overflows}
+            "overflows": common.listen_overflows() - overflows,
+            "cpu_us": cpu * 1e6 / args.messages}
 
 
 def main():
@@ -159,10 +169,11 @@ def main():
                 res[with_rules].append(r)
                 print(f"run {run + 1} {'rules   ' if with_rules else 'no rules'}: "
                       f"{r['rate']:6.0f} msg/s end to end ({r['secs']:.2f} s), intake "
-                      f"{r['intake']:6.0f} msg/s; listen queue overflows {r['overflows']}; "
+                      f"{r['intake']:6.0f} msg/s; mtad CPU {r['cpu_us']:.0f} µs/msg; "
+                      f"listen queue overflows {r['overflows']}; "
                       f"sink at 50/90/99%: "
                       f"{'/'.join(f'{v:.1f}' for _, v in sorted(r['marks'].items()))} s; "
-                      f"{len(r['warnings'])} warnings"
+                      f"{len(r['warnings'])} notable mtad log lines"
                       f"{'; OTHER TESTS RAN MEANWHILE' if r['busy'] else ''}", flush=True)
                 for w in r["warnings"][:5]:
                     print("    " + w, flush=True)
@@ -171,23 +182,31 @@ def main():
         shutil.rmtree(nsd.dir, ignore_errors=True)
 
     med = {k: common.median([r["rate"] for r in v]) for k, v in res.items()}
+    cpu = {k: common.median([r["cpu_us"] for r in v]) for k, v in res.items()}
+    cpu_ratio = cpu[True] / cpu[False]
+    cpu_pair = [a["cpu_us"] / b["cpu_us"] for a, b in zip(res[True], res[False])]
+    cpu_txt = {k: ", ".join(f"{r['cpu_us']:.0f}" for r in v) for k, v in res.items()}
     intake = {k: common.median([r["intake"] for r in v]) for k, v in res.items()}
     ratio = med[True] / med[False]
     pair = [a["rate"] / b["rate"] for a, b in zip(res[True], res[False])]
     cost = (1 - ratio) * 100
     runs_txt = {k: ", ".join(f"{r['rate']:.0f}" for r in v) for k, v in res.items()}
     table = [
-        "| case | end-to-end msg/s (median) | runs | intake done at (msg/s) |",
-        "|---|---:|---|---:|",
+        "| case | end-to-end msg/s (median) | runs | intake done at (msg/s) | "
+        "mtad CPU µs/msg (median) | runs |",
+        "|---|---:|---|---:|---:|---|",
         f"| {args.domains} domains, no rules | {med[False]:.0f} | {runs_txt[False]} | "
-        f"{intake[False]:.0f} |",
+        f"{intake[False]:.0f} | {cpu[False]:.0f} | {cpu_txt[False]} |",
         f"| {args.domains} domains, {args.domains} rules | {med[True]:.0f} | {runs_txt[True]} | "
-        f"{intake[True]:.0f} |",
+        f"{intake[True]:.0f} | {cpu[True]:.0f} | {cpu_txt[True]} |",
     ]
     verdict = "met" if cost < 10 else "NOT met"
     busy = sum(r["busy"] for v in res.values() for r in v)
-    summary = (f"rules / no rules = {ratio:.3f} (cost {cost:+.1f}%; per-pair ratios "
-               f"{', '.join(f'{x:.3f}' for x in pair)}); target under 10%: {verdict}; "
+    summary = (f"Throughput rules / no rules = {ratio:.3f} (cost {cost:+.1f}%; per-pair ratios "
+               f"{', '.join(f'{x:.3f}' for x in pair)}); target under 10%: {verdict}. "
+               f"mtad CPU time per message, rules / no rules = {cpu_ratio:.3f} (cost "
+               f"{(cpu_ratio - 1) * 100:+.1f}%; per pair "
+               f"{', '.join(f'{x:.3f}' for x in cpu_pair)}). "
                f"{busy} of {2 * args.runs} runs overlapped another test run on the machine")
     print("\n" + "\n".join(table))
     print(summary)
@@ -230,7 +249,10 @@ sinks have counted every message. The cases alternate (order swapped every run),
 
 {summary}.
 
-"Intake done at": the rate at which mtad had acknowledged every message. Close to the
+"mtad CPU": user + system time of the mtad process (all threads) from start until the
+sinks had every message, per message: less sensitive than wall-clock throughput to what
+else the shared machine runs. "Intake done at": the rate at which mtad had acknowledged
+every message. Close to the
 end-to-end rate, it means delivery kept pace with intake: both run on mtad's two shards,
 which share the 2 cores with the injector and the sinks, so the figure is the whole
 relay's (intake with fsync, {args.domains} MX look-ups and sites, connections, fsynced

@@ -1,5 +1,7 @@
 #include "mta/server/dkim_signing.h"
 
+#include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -174,8 +176,15 @@ absl::Status DkimSignRecord(const DkimDomainKeys& keys, queue::SpoolRecord* reco
   return absl::OkStatus();
 }
 
-DkimSigningService::DkimSigningService(std::shared_ptr<const DkimKeySet> keys, size_t max_pending)
-    : keys_(std::move(keys)), queue_("dkim-signer", max_pending) {}
+DkimSigningService::DkimSigningService(std::shared_ptr<const DkimKeySet> keys, size_t max_pending,
+                                       size_t threads)
+    : keys_(std::move(keys)) {
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (size_t i = 0; i < threads; ++i) {
+    queues_.push_back(
+        std::make_unique<WorkQueue>(absl::StrCat("dkim-signer-", i), max_pending / threads));
+  }
+}
 
 DkimSigningService::~DkimSigningService() = default;
 
@@ -192,12 +201,13 @@ void DkimSigningService::SetKeys(std::shared_ptr<const DkimKeySet> keys) {
 void DkimSigningService::Sign(std::unique_ptr<queue::SpoolRecord> record,
                               std::shared_ptr<const DkimKeySet> keys, std::string domain,
                               Callback done) {
-  if (!queue_.HasRoom()) {
+  WorkQueue& queue = *queues_[next_.fetch_add(1, std::memory_order_relaxed) % queues_.size()];
+  if (!queue.HasRoom()) {
     done(absl::ResourceExhaustedError("too many messages waiting to be signed"), std::move(record));
     return;
   }
-  queue_.Post([record = std::move(record), keys = std::move(keys), domain = std::move(domain),
-               done = std::move(done)]() mutable {
+  queue.Post([record = std::move(record), keys = std::move(keys), domain = std::move(domain),
+              done = std::move(done)]() mutable {
     const DkimDomainKeys* found = keys == nullptr ? nullptr : keys->Find(domain);
     absl::Status status = found == nullptr ? absl::InternalError("no DKIM keys for the domain")
                                            : DkimSignRecord(*found, record.get());

@@ -81,8 +81,8 @@ def snapshot_binaries():
 def command_line(script):
     """The command that reproduces this run, with the binaries' environment if set."""
     env = " ".join(f"{k}={os.environ[k]}" for k in ("MTAD", "SPOOL_DUMP") if k in os.environ)
-    return (env + " " if env else "") + f"python3 benchmarks/shaping/{script} " + \
-        " ".join(sys.argv[1:])
+    return ((env + " " if env else "") + f"python3 benchmarks/shaping/{script} " +
+            " ".join(sys.argv[1:])).rstrip()
 
 
 def binary_note(info):
@@ -114,13 +114,44 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def reflow(body, width=90):
+    """Re-wraps the prose paragraphs and list items of a Markdown body to `width`
+    columns; tables, code blocks and headings are left alone."""
+    import textwrap
+    out = []
+    for block in body.strip("\n").split("\n\n"):
+        if block.lstrip().startswith(("```", "|", "#")):
+            out.append(block)
+            continue
+        items = []  # [is_list_item, words...]
+        for line in block.split("\n"):
+            if line.startswith("- "):
+                items.append([True, line[2:].strip()])
+            elif items:
+                items[-1].append(line.strip())
+            else:
+                items.append([False, line.strip()])
+        lines = []
+        for is_list, *parts in items:
+            text = " ".join(p for p in parts if p)
+            if is_list:
+                lines += textwrap.wrap(text, width, initial_indent="- ",
+                                       subsequent_indent="  ", break_on_hyphens=False,
+                                       break_long_words=False)
+            else:
+                lines += textwrap.wrap(text, width, break_on_hyphens=False,
+                                       break_long_words=False)
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
 def replace_section(title, body):
     """Replaces the `## title` section of RESULTS.md (up to the next `## ` heading) with
-    `body`, or appends it."""
+    `body` (re-wrapped), or appends it."""
     with open(RESULTS) as f:
         text = f.read()
     heading = f"## {title}\n"
-    section = heading + "\n" + body.rstrip("\n") + "\n"
+    section = heading + "\n" + reflow(body)
     start = text.find(heading)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
@@ -475,8 +506,10 @@ def start_nsd(zones, timeout=20):
 
     nsd (Debian 4.6) limits answers per client /24 by default (rrl-ratelimit: 200/s): a
     burst of 1,000+ look-ups from 127.0.0.1 (MX, then A and AAAA of each MX host) trips
-    it, and the dropped answers make mtad's resolver time out and defer the mail. The
-    configuration NsdServer writes is extended with `rrl-ratelimit: 0` before nsd starts."""
+    it: answers are dropped or truncated, so mtad's look-ups wait out timeouts or retry
+    over TCP, and any that still fail defer their mail. The configuration NsdServer
+    writes is extended with `rrl-ratelimit: 0` (subprocess.Popen is wrapped for the
+    duration of start(): NsdServer has no option for it)."""
     import dns_server
     real_popen = subprocess.Popen
     server = dns_server.NsdServer(zones)

@@ -445,6 +445,9 @@ def main():
         p99_a = ", ".join(f"{r['p99']:.1f}" for r in A)
         p99_b = ", ".join(f"{r['p99']:.1f}" for r in B)
         still = sum(1 for b in B if b["still_draining"])
+        if still < len(B):
+            verdict += (f" (but the backlog was drained before the end of the transactional"
+                        f" phase in {len(B) - still} of {len(B)} runs: raise --backlog)")
         busy = sum(1 for r in A + B if r["busy"])
         summary.append(
             f"- **{case}**: p99 B / p99 A = {med(B, 'p99'):.1f} / {med(A, 'p99'):.1f} ms = "

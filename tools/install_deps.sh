@@ -10,7 +10,9 @@ PACKAGES=(
   android-libboringssl-dev nlohmann-json3-dev libmicrohttpd-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # tests and benchmarks: real SMTP peers and load tools, a real DNS server
-  python3 swaks postfix nsd openssl ca-certificates
+  python3 swaks libnet-ssleay-perl postfix nsd openssl ca-certificates
+  # metrics: promtool checks the exposition, a real Prometheus runs the dashboard's queries
+  prometheus
   # independent DKIM verifiers for tests/integration/dkim_verify_test.py
   python3-dkim python3-dnspython opendkim-tools
 )
@@ -35,4 +37,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
 # port): keep Debian's system instance from serving port 53 on a machine with systemd.
 if [[ " ${missing[*]} " == *" nsd "* ]] && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now nsd.service >/dev/null 2>&1 || true
+fi
+# Likewise Prometheus: tests start their own server on a free port.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi

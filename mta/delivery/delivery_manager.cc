@@ -40,6 +40,7 @@ DeliveryManager::DeliveryManager(uint32_t shard, uint32_t num_shards, event::Eve
 
 DeliveryManager::~DeliveryManager() {
   loop_->CancelTimer(watchdog_timer_);
+  for (auto& [serial, entry] : scheduled_jobs_) loop_->CancelTimer(entry.timer);
   for (auto& [key, budget] : budgets_) {
     if (budget->wake_timer != 0) loop_->CancelTimer(budget->wake_timer);
   }
@@ -106,9 +107,14 @@ void DeliveryManager::AddJob(Job job, absl::Time due) {
                       policy_->StreamFor(job.message->envelope.stream).retry.lifetime;
   due = std::min(due, expiry);
   if (due <= loop_->Now()) return Route(std::move(job));
-  ++scheduled_;
-  loop_->AddTimer(due, [this, job = std::move(job)]() mutable {
-    --scheduled_;
+  uint64_t serial = next_scheduled_++;
+  ScheduledJob& entry = scheduled_jobs_[serial];
+  entry.job = std::move(job);
+  entry.due = due;
+  entry.timer = loop_->AddTimer(due, [this, serial] {
+    auto it = scheduled_jobs_.find(serial);
+    Job job = std::move(it->second.job);
+    scheduled_jobs_.erase(it);
     Route(std::move(job));
   });
 }
@@ -283,6 +289,13 @@ void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
   for (auto& [key, budget] : budgets_) Pump(*budget);
 }
 
+const BounceClassifier& DeliveryManager::Classifier() const {
+  if (policy_->bounce_classifier != nullptr) return *policy_->bounce_classifier;
+  static const std::shared_ptr<const BounceClassifier> builtin =
+      *BounceClassifier::Create({});  // built-in rules only: cannot fail
+  return *builtin;
+}
+
 void DeliveryManager::SettleAll(Job job, const AttemptResult& result) {
   std::vector<AttemptResult> results(job.recipients.size(), result);
   Settle(std::move(job), std::move(results), nullptr);
@@ -292,7 +305,10 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
                              std::shared_ptr<const std::string> content) {
   const queue::Envelope& env = job.message->envelope;
   absl::Time now = loop_->Now();
-  const queue::RetryPolicy& retry_policy = policy_->StreamFor(env.stream).retry;
+  const Stream& stream = policy_->StreamFor(env.stream);
+  const queue::RetryPolicy& retry_policy = stream.retry;
+  static const std::string kNoPool;
+  const std::string& pool = stream.pool >= 0 ? policy_->pools[stream.pool].name : kNoPool;
   bool expired = queue::Expired(retry_policy, absl::FromUnixMillis(env.received_ms), now);
   std::vector<queue::RecipientUpdate> updates;
   std::vector<DsnRecipient> dsn;
@@ -312,6 +328,15 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
                    .remote_mta = r.remote_mta,
                    .diagnostic = r.diagnostic,
                    .last_attempt = now};
+    Outcome outcome = r.kind == AttemptResult::Kind::kDelivered ? Outcome::kDelivered
+                      : r.kind == AttemptResult::Kind::kBounced ? Outcome::kBounced
+                      : expired                                 ? Outcome::kExpired
+                                                                : Outcome::kDeferred;
+    BounceClass bounce_class = outcome == Outcome::kDelivered ? BounceClass::kNone
+                               : outcome == Outcome::kExpired
+                                   ? BounceClass::kExpired
+                                   : Classifier().Classify(r.code, r.status, r.diagnostic);
+    d.bounce_class = BounceClassName(bounce_class);
     switch (r.kind) {
       case AttemptResult::Kind::kDelivered:
         u.state = queue::RecipientState::kDelivered;
@@ -360,6 +385,17 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
         break;
     }
     updates.push_back(u);
+    if (observer_ != nullptr) {
+      observer_->OnOutcome({.envelope = env,
+                            .recipient = index,
+                            .domain = job.domain,
+                            .outcome = outcome,
+                            .bounce_class = bounce_class,
+                            .result = r,
+                            .attempt = job.attempts + 1,
+                            .pool = pool,
+                            .now = now});
+    }
   }
   absl::Duration delay = queue::NextRetryDelay(retry_policy, retry.attempts, rng_);
   std::string id = env.id;

@@ -16,6 +16,7 @@
 #include "absl/random/random.h"
 #include "absl/time/time.h"
 #include "dns/resolver.h"
+#include "mta/delivery/delivery_observer.h"
 #include "mta/delivery/delivery_types.h"
 #include "mta/delivery/dsn.h"
 #include "mta/delivery/route.h"
@@ -184,6 +185,36 @@ class DeliveryManager {
   /** A connection from `source` ended; frees its slot and opens more if work is waiting. */
   void ConnectionClosed(Destination& destination, const std::string& source);
 
+  /** Gets every outcome, backoff step and connection change; null = none. */
+  void set_observer(DeliveryObserver* observer) { observer_ = observer; }
+  DeliveryObserver* observer() const { return observer_; }
+
+  // Administration (the admin API). Jobs taken by connections are in flight: they are
+  // not listed and finish their attempt.
+  /** Which jobs an administrative action applies to; empty fields match anything. */
+  struct JobFilter {
+    std::string id;      // queue id
+    std::string domain;  // recipient domain (lower-case)
+    std::string stream;
+    bool Matches(const Job& job) const;
+  };
+  /** Recipients waiting on this shard for one domain and stream. */
+  struct QueueRow {
+    std::string domain;
+    std::string stream;
+    uint64_t ready = 0, scheduled = 0, suspended = 0;  // recipients
+    int64_t oldest_received_ms = 0;                     // of the oldest message
+  };
+  std::vector<QueueRow> QueueSummary() const;
+  /** Calls `fn` for each waiting job matching `filter`: "ready", "scheduled" (with its due time) or "suspended". */
+  void ForEachJob(const JobFilter& filter,
+                  const std::function<void(const Job&, absl::string_view state, absl::Time due)>&
+                      fn) const;
+  /** Scheduled jobs matching `filter` are routed now. Returns their recipients. */
+  size_t RetryNow(const JobFilter& filter);
+  /** Waiting jobs matching `filter` bounce (DSN as usual) with `reason`. Returns recipients. */
+  size_t Cancel(const JobFilter& filter, const std::string& reason);
+
   // Introspection (tests, logs, metrics).
   size_t messages_at_home() const { return remaining_.size(); }
   const absl::flat_hash_map<std::string, std::unique_ptr<Destination>>& destinations() const {
@@ -195,7 +226,7 @@ class DeliveryManager {
   uint64_t delivered() const { return delivered_; }
   uint64_t bounced() const { return bounced_; }
   uint64_t deferred() const { return deferred_; }
-  uint64_t scheduled() const { return scheduled_; }
+  uint64_t scheduled() const { return scheduled_jobs_.size(); }
   size_t parked() const { return parked_.size(); }
   uint64_t backoff_events() const { return backoff_events_; }
   /** The effective connection cap of `lane` under `rule` (backoff scales it down). */
@@ -206,6 +237,7 @@ class DeliveryManager {
   /** Jobs of suspended domains, rules or streams wait here until a policy resumes them. */
   bool Suspended(const Job& job, const std::string& rule_name) const;
   void SettleAll(Job job, const AttemptResult& result);
+  const BounceClassifier& Classifier() const;
   /** The site's queue for the job's stream, created in priority order if missing. */
   std::deque<Job>& QueueOf(Destination& site, const Job& job);
   void Pump(Budget& budget);
@@ -245,7 +277,15 @@ class DeliveryManager {
   absl::flat_hash_map<std::string, std::unique_ptr<Budget>> budgets_;            // by key
   absl::flat_hash_map<std::string, absl::Time> source_down_until_;
   std::vector<Job> parked_;  // suspended by the policy (domain, rule or stream)
-  uint64_t scheduled_ = 0;   // jobs waiting for their due time on this shard
+  // Jobs waiting for their due time on this shard (retries, by serial number).
+  struct ScheduledJob {
+    Job job;
+    absl::Time due;
+    event::EventLoop::TimerId timer = 0;
+  };
+  absl::flat_hash_map<uint64_t, ScheduledJob> scheduled_jobs_;
+  uint64_t next_scheduled_ = 1;
+  DeliveryObserver* observer_ = nullptr;
   absl::flat_hash_map<std::string, uint32_t> remaining_;  // home: non-final recipients
   uint64_t delivered_ = 0, bounced_ = 0, deferred_ = 0, backoff_events_ = 0;
   event::EventLoop::TimerId watchdog_timer_ = 0;

@@ -34,6 +34,7 @@ Lane& DeliveryManager::LaneOf(Budget& budget, const std::string& source) {
     ConfigureBucket(budget, lane);
     MTA_LOG_INFO("shaping: %s via %s: backoff eased, now at %d%% of the limits", budget.key,
                  source.empty() ? "default source" : source, static_cast<int>(lane.throttle * 100));
+    if (observer_ != nullptr) observer_->OnBackoff(budget.rule->name, source, "restore");
   }
   if (lane.throttle < 1) {
     // The next easing step may allow more connections: look again then.
@@ -271,10 +272,12 @@ bool DeliveryManager::ObserveReply(Destination& site, const std::string& source,
       MTA_LOG_WARNING("shaping: %s via %s: suspended for %s after \"%d %s %s\"", budget.key, who,
                       absl::FormatDuration(b.duration), code, enhanced, text);
       WakeBudgetAt(budget, lane.suspended_until);
+      if (observer_ != nullptr) observer_->OnBackoff(budget.rule->name, source, "suspend");
     } else {
       lane.throttle = std::max(1.0 / 64, lane.throttle * b.rate_factor);
       MTA_LOG_WARNING("shaping: %s via %s: slowed to %d%% of the limits after \"%d %s %s\"",
                       budget.key, who, static_cast<int>(lane.throttle * 100), code, enhanced, text);
+      if (observer_ != nullptr) observer_->OnBackoff(budget.rule->name, source, "slow");
     }
     ConfigureBucket(budget, lane);
     return b.action == BackoffRule::Action::kSuspend;

@@ -43,6 +43,10 @@ struct AttemptResult {
   std::string remote_mta;   // host name of the server that answered, if any
   bool remote_dsn = false;  // the server offered DSN (it reports success itself)
   std::string tls;          // "TLSv1.3 <cipher> verified|unverified", "" = plain text
+  uint32_t code = 0;        // the remote reply code; 0 = none (a local failure)
+  std::string remote_ip;    // address of remote_mta
+  std::string source;       // egress source of the connection ("" = none)
+  absl::Duration duration;  // the transaction, from taking the job to its last reply
 };
 
 }  // namespace mta::delivery

@@ -118,6 +118,10 @@ std::unique_ptr<queue::SpoolRecord> BuildDsn(const DsnOptions& options,
     const queue::Recipient& rcpt = original.recipients[r.index];
     absl::StrAppend(&c, "<", OneLine(rcpt.address, 300), ">: ", ActionName(r.action));
     if (!r.diagnostic.empty()) absl::StrAppend(&c, ": ", OneLine(r.diagnostic, 600));
+    if (!r.bounce_class.empty() && (r.action == DsnAction::kFailed ||
+                                    r.action == DsnAction::kDelayed)) {
+      absl::StrAppend(&c, " (", OneLine(r.bounce_class, 40), ")");
+    }
     absl::StrAppend(&c, "\r\n");
   }
   absl::StrAppend(
@@ -146,6 +150,11 @@ std::unique_ptr<queue::SpoolRecord> BuildDsn(const DsnOptions& options,
     }
     if (r.last_attempt != absl::InfinitePast()) {
       absl::StrAppend(&c, "Last-Attempt-Date: ", Rfc5322Date(r.last_attempt), "\r\n");
+    }
+    // An extension field (RFC 3464 section 7): the failure's class for bounce processors.
+    if (!r.bounce_class.empty() && r.action != DsnAction::kDelivered &&
+        r.action != DsnAction::kRelayed) {
+      absl::StrAppend(&c, "X-Bounce-Class: ", OneLine(r.bounce_class, 40), "\r\n");
     }
   }
   bool headers_only = original.ret == queue::DsnRet::kHeaders;

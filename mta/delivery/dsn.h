@@ -23,6 +23,7 @@ struct DsnRecipient {
   std::string remote_mta;  // host that answered, or "" when none did
   std::string diagnostic;  // the remote reply, e.g. "550 5.1.1 No such user"
   absl::Time last_attempt = absl::InfinitePast();
+  std::string bounce_class;  // e.g. "mailbox_full" (X-Bounce-Class); "" = none
 };
 
 /**

@@ -37,6 +37,7 @@ AttemptResult Deferred(std::string status, std::string diagnostic, std::string r
 AttemptResult FromReply(const ServerReply& reply, const std::string& host, bool remote_dsn) {
   AttemptResult r;
   r.remote_mta = reply.local ? "" : host;
+  r.code = reply.local ? 0 : static_cast<uint32_t>(reply.code);
   r.remote_dsn = remote_dsn;
   r.diagnostic = reply.ToString();
   if (reply.positive()) {
@@ -141,6 +142,7 @@ class Connection {
   void Connect(const IpAddress& ip) {
     CloseSocket();
     peer_ = absl::StrCat(host_, "[", ip.ToString(), "]:", port_);
+    peer_ip_ = ip.ToString();
     HostPort hp{ip.ToString(), port_};
     auto len = hp.ToSockaddr(&addr_);
     if (source_.has_value() && source_->address.family != ip.family) {
@@ -187,6 +189,10 @@ class Connection {
       std::string why = res == -ECANCELED ? "connection timed out" : strerror(-res);
       last_error_ = Deferred("4.4.1", absl::StrCat("connect to ", peer_, ": ", why));
       return NextAddress();
+    }
+    if (!counted_open_) {
+      counted_open_ = true;
+      if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, +1);
     }
     smtp::ClientSessionOptions o;
     o.helo_name = source_.has_value() && !source_->ehlo.empty() ? source_->ehlo : ctx_->helo_name;
@@ -283,6 +289,7 @@ class Connection {
       const auth::TlsConnectionInfo& info = tls_->info();
       tls_summary_ = absl::StrCat(info.protocol_version, " ", info.cipher,
                                   info.peer_certificate_verified ? " verified" : " unverified");
+      if (auto* o = ctx_->manager->observer()) o->OnOutboundTls(info.protocol_version);
       session_->OnTlsEstablished().IgnoreError();
     }
     if (tls_->state() == auth::TlsChannel::State::kFailed) {
@@ -454,6 +461,7 @@ class Connection {
     }
     idle_since_ = absl::InfinitePast();
     job_ = *std::move(job);
+    job_started_ = Loop()->Now();
     ++jobs_taken_;
     content_ = job_->message->content;
     if (content_ != nullptr) return SendJob();
@@ -536,6 +544,12 @@ class Connection {
   }
 
   void Report(std::vector<AttemptResult> results) {
+    absl::Duration took = Loop()->Now() - job_started_;
+    for (AttemptResult& r : results) {
+      r.source = source_name_;
+      r.duration = took;
+      if (!r.remote_mta.empty()) r.remote_ip = peer_ip_;
+    }
     Job job = *std::move(job_);
     job_.reset();
     ctx_->manager->CompleteJob(*dest_, std::move(job), std::move(results), std::move(content_));
@@ -616,6 +630,9 @@ class Connection {
     if (timer_ != 0) Loop()->CancelTimer(timer_);
     timer_ = 0;
     CloseSocket();
+    if (counted_open_) {
+      if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, -1);
+    }
     ctx_->manager->ConnectionClosed(*dest_, source_name_);
     MaybeFinish();
   }
@@ -645,6 +662,9 @@ class Connection {
   std::string host_;
   uint16_t port_ = 25;
   std::string peer_;
+  std::string peer_ip_;       // of peer_
+  bool counted_open_ = false;  // reported to the observer as open
+  absl::Time job_started_ = absl::InfinitePast();
   std::optional<AttemptResult> last_error_;
 
   int fd_ = -1;

@@ -14,6 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "mta/base/net.h"
+#include "mta/delivery/bounce_class.h"
 #include "queue/retry_schedule.h"
 #include "re2/re2.h"
 
@@ -88,6 +89,8 @@ struct TrafficPolicy {
   absl::flat_hash_set<std::string> suspended_destinations;  // domains or rule names
   absl::flat_hash_set<std::string> suspended_sources;       // source names
   absl::flat_hash_set<std::string> suspended_streams;       // stream names
+  // Classifies failures (bounce_rules + built-in); null = the built-in rules only.
+  std::shared_ptr<const BounceClassifier> bounce_classifier;
 
   /**
    * Builds the rule indexes that RuleFor() and RuleNamed() use. Call once the rules are

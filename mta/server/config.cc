@@ -1,5 +1,7 @@
 #include "mta/server/config.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
@@ -12,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "mta/base/net.h"
+#include "mta/delivery/bounce_class.h"
 #include "queue/retry_schedule.h"
 #include "re2/re2.h"
 #include "yaml-cpp/yaml.h"
@@ -420,6 +423,36 @@ bool IsDnsName(absl::string_view name) {
   return true;
 }
 
+// 127.0.0.0/8, ::1 or "localhost": only local clients reach the address.
+bool IsLoopback(const HostPort& hp) {
+  if (hp.host == "localhost") return true;
+  in_addr v4;
+  in6_addr v6;
+  if (inet_pton(AF_INET, hp.host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  return inet_pton(AF_INET6, hp.host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+absl::Status ParseBounceRule(const YAML::Node& node, const std::string& path,
+                             absl::string_view source, BounceRuleConfig* r) {
+  MapReader m(node, path, source);
+  RETURN_IF_ERROR(m.String("class", &r->bounce_class));
+  RETURN_IF_ERROR(m.Int("code", 0, 599, &r->code));
+  RETURN_IF_ERROR(m.String("enhanced", &r->enhanced));
+  RETURN_IF_ERROR(m.String("text", &r->text));
+  RETURN_IF_ERROR(m.Finish());
+  if (auto c = delivery::ParseBounceClass(r->bounce_class); !c.ok()) {
+    return m.ErrorAt("class", c.status().message());
+  }
+  if (r->code != 0 && r->code < 400) return m.ErrorAt("code", "must be 0 or a 4xx/5xx code");
+  if (!r->text.empty()) {
+    RE2::Options options;
+    options.set_log_errors(false);
+    RE2 re(r->text, options);
+    if (!re.ok()) return m.ErrorAt("text", absl::StrCat("bad regular expression: ", re.error()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseDkimSigning(const YAML::Node& node, const std::string& path,
                               absl::string_view source, DkimSigningConfig* d) {
   MapReader m(node, path, source);
@@ -538,10 +571,48 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(http.Check());
   RETURN_IF_ERROR(http.Bool("enabled", &c.http_enabled));
   RETURN_IF_ERROR(http.String("address", &c.http_address));
+  RETURN_IF_ERROR(http.String("admin_token_file", &c.http_admin_token_file));
   RETURN_IF_ERROR(http.Finish());
   if (auto hp = HostPort::Parse(c.http_address); !hp.ok()) {
     return http.Error(root["http"]["address"], "address", hp.status().message());
+  } else if (c.http_enabled && c.http_admin_token_file.empty() && !IsLoopback(*hp)) {
+    return http.ErrorAt("admin_token_file",
+                        "must be set when http.address is not a loopback address");
   }
+
+  MapReader metrics(top.Get("metrics"), "metrics", source);
+  RETURN_IF_ERROR(metrics.Check());
+  RETURN_IF_ERROR(metrics.Int("top_destinations", 0, 100000, &c.metrics_top_destinations));
+  RETURN_IF_ERROR(metrics.Finish());
+
+  MapReader events(top.Get("events"), "events", source);
+  RETURN_IF_ERROR(events.Check());
+  RETURN_IF_ERROR(events.String("directory", &c.events_directory));
+  RETURN_IF_ERROR(events.Int("max_file_mb", 1, 1ull << 20, &c.events_max_file_mb));
+  RETURN_IF_ERROR(events.Int("max_files", 1, 100000, &c.events_max_files));
+  MapReader webhook(events.Get("webhook"), "events.webhook", source);
+  RETURN_IF_ERROR(webhook.Check());
+  RETURN_IF_ERROR(webhook.String("url", &c.events_webhook_url));
+  RETURN_IF_ERROR(webhook.String("token_file", &c.events_webhook_token_file));
+  RETURN_IF_ERROR(webhook.Int("batch", 1, 100000, &c.events_webhook_batch));
+  RETURN_IF_ERROR(webhook.Int("max_backlog_mb", 1, 1ull << 30, &c.events_webhook_max_backlog_mb));
+  RETURN_IF_ERROR(webhook.Finish());
+  RETURN_IF_ERROR(events.Finish());
+  if (!c.events_webhook_url.empty()) {
+    if (!absl::StartsWith(c.events_webhook_url, "http://") &&
+        !absl::StartsWith(c.events_webhook_url, "https://")) {
+      return webhook.ErrorAt("url", "must start with http:// or https://");
+    }
+    if (c.events_directory.empty()) {
+      return webhook.ErrorAt("url", "needs events.directory (the files are its backlog)");
+    }
+  }
+
+  RETURN_IF_ERROR(ReadMapList(top, "bounce_rules", &c.bounce_rules,
+                              [&](const YAML::Node& node, const std::string& path,
+                                  BounceRuleConfig* r) {
+                                return ParseBounceRule(node, path, source, r);
+                              }));
 
   MapReader delivery(top.Get("delivery"), "delivery", source);
   RETURN_IF_ERROR(delivery.Check());

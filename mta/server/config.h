@@ -141,6 +141,15 @@ struct DkimSigningConfig {
   bool operator==(const DkimSigningConfig&) const = default;
 };
 
+/** An operator's bounce classification rule (bounce_rules[]); every set key must match. */
+struct BounceRuleConfig {
+  std::string bounce_class;  // YAML key `class`: invalid_recipient, mailbox_full, ...
+  uint32_t code = 0;         // reply code; 0 = any
+  std::string enhanced;      // enhanced status prefix, e.g. "5.7"; "" = any
+  std::string text;          // RE2 searched in the reply text; "" = any
+  bool operator==(const BounceRuleConfig&) const = default;
+};
+
 struct Config {
   // server
   std::string hostname;  // "" = gethostname()
@@ -165,6 +174,21 @@ struct Config {
   // http
   bool http_enabled = true;
   std::string http_address = "127.0.0.1:8025";
+  // Bearer token for /api/ (first line of the file); required when the address is not
+  // loopback. "" = no token (loopback only).
+  std::string http_admin_token_file;
+  // metrics
+  uint32_t metrics_top_destinations = 100;  // destinations with their own label; rest "other"
+  // events (JSON lines; reloadable: no)
+  std::string events_directory = "./var/events";  // "" = no event log
+  uint64_t events_max_file_mb = 256;
+  uint32_t events_max_files = 10;
+  std::string events_webhook_url;         // "" = no webhook
+  std::string events_webhook_token_file;  // Authorization: Bearer <first line>; "" = none
+  uint32_t events_webhook_batch = 500;
+  uint64_t events_webhook_max_backlog_mb = 1024;
+  // bounce classification (reloadable with SIGHUP)
+  std::vector<BounceRuleConfig> bounce_rules;
   // delivery
   bool delivery_enabled = true;
   std::string helo_name;  // "" = hostname

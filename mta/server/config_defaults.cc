@@ -29,8 +29,21 @@ limits:
   data_timeout_s: 180         # idle time allowed while receiving message content
   shutdown_grace_s: 30        # on SIGTERM, time given to sessions in DATA to finish
 http:
-  enabled: true               # the HTTP control listener (GET /healthz)
-  address: 127.0.0.1:8025     # keep it on loopback: it has no authentication yet
+  enabled: true               # /healthz, /metrics (Prometheus) and the admin API (/api/v1/)
+  address: 127.0.0.1:8025     # not loopback: admin_token_file is required
+  admin_token_file: ""        # file whose first line is the admin API's bearer token
+metrics:
+  top_destinations: 100       # recipient domains with their own label; later ones: "other"
+events:
+  directory: ./var/events     # JSON-lines event log (events.jsonl, rotated); "" = off
+  max_file_mb: 256            # rotate the live file at this size
+  max_files: 10               # rotated files kept (files the webhook still needs are kept)
+  webhook:
+    url: ""                   # POST events in JSON batches here ("" = off); http:// or https://
+    token_file: ""            # first line sent as "Authorization: Bearer <token>"
+    batch: 500                # events per POST at most
+    max_backlog_mb: 1024      # unshipped events kept on disk while the endpoint fails
+bounce_rules: []              # [{class, code, enhanced, text}]: checked before the built-in rules
 delivery:
   enabled: true               # false: accept and keep mail without delivering it
   helo_name: ""               # name sent in EHLO ("" = server.hostname)

@@ -219,6 +219,15 @@ absl::StatusOr<std::shared_ptr<const TrafficPolicy>> BuildTrafficPolicy(const Co
   }
   policy.suspended_sources.insert(config.suspended_sources.begin(), config.suspended_sources.end());
   policy.suspended_streams.insert(config.suspended_streams.begin(), config.suspended_streams.end());
+  std::vector<delivery::BounceRuleSpec> bounce_rules;
+  for (const BounceRuleConfig& r : config.bounce_rules) {
+    auto c = delivery::ParseBounceClass(r.bounce_class);
+    if (!c.ok()) return c.status();
+    bounce_rules.push_back({.result = *c, .code = r.code, .enhanced = r.enhanced, .text = r.text});
+  }
+  auto classifier = delivery::BounceClassifier::Create(std::move(bounce_rules));
+  if (!classifier.ok()) return classifier.status();
+  policy.bounce_classifier = *std::move(classifier);
   policy.Index();
   return std::make_shared<const TrafficPolicy>(std::move(policy));
 }

@@ -1,0 +1,117 @@
+// DeliveryManager: the administrative views and actions behind the admin API.
+#include <map>
+
+#include "mta/delivery/delivery_manager.h"
+
+namespace mta::delivery {
+
+bool DeliveryManager::JobFilter::Matches(const Job& job) const {
+  return (id.empty() || job.message->envelope.id == id) &&
+         (domain.empty() || job.domain == domain) &&
+         (stream.empty() || job.message->envelope.stream == stream);
+}
+
+void DeliveryManager::ForEachJob(
+    const JobFilter& filter,
+    const std::function<void(const Job&, absl::string_view state, absl::Time due)>& fn) const {
+  absl::Time now = loop_->Now();
+  for (const auto& [key, site] : destinations_) {
+    for (const auto& q : site->queues) {
+      for (const Job& job : q.jobs) {
+        if (filter.Matches(job)) fn(job, "ready", now);
+      }
+    }
+  }
+  for (const auto& [serial, entry] : scheduled_jobs_) {
+    if (filter.Matches(entry.job)) fn(entry.job, "scheduled", entry.due);
+  }
+  for (const Job& job : parked_) {
+    if (filter.Matches(job)) fn(job, "suspended", absl::InfiniteFuture());
+  }
+}
+
+std::vector<DeliveryManager::QueueRow> DeliveryManager::QueueSummary() const {
+  std::map<std::pair<std::string, std::string>, QueueRow> rows;
+  ForEachJob({}, [&](const Job& job, absl::string_view state, absl::Time) {
+    const queue::Envelope& env = job.message->envelope;
+    QueueRow& row = rows[{job.domain, env.stream}];
+    if (row.domain.empty()) {
+      row.domain = job.domain;
+      row.stream = env.stream;
+      row.oldest_received_ms = env.received_ms;
+    }
+    uint64_t n = job.recipients.size();
+    if (state == "ready") {
+      row.ready += n;
+    } else if (state == "scheduled") {
+      row.scheduled += n;
+    } else {
+      row.suspended += n;
+    }
+    row.oldest_received_ms = std::min(row.oldest_received_ms, env.received_ms);
+  });
+  std::vector<QueueRow> out;
+  for (auto& [key, row] : rows) out.push_back(std::move(row));
+  return out;
+}
+
+size_t DeliveryManager::RetryNow(const JobFilter& filter) {
+  std::vector<Job> due;
+  for (auto it = scheduled_jobs_.begin(); it != scheduled_jobs_.end();) {
+    if (!filter.Matches(it->second.job)) {
+      ++it;
+      continue;
+    }
+    loop_->CancelTimer(it->second.timer);
+    due.push_back(std::move(it->second.job));
+    scheduled_jobs_.erase(it++);
+  }
+  size_t recipients = 0;
+  for (Job& job : due) {
+    recipients += job.recipients.size();
+    Route(std::move(job));
+  }
+  return recipients;
+}
+
+size_t DeliveryManager::Cancel(const JobFilter& filter, const std::string& reason) {
+  std::vector<Job> cancelled;
+  for (auto& [key, site] : destinations_) {
+    for (auto& q : site->queues) {
+      for (auto it = q.jobs.begin(); it != q.jobs.end();) {
+        if (!filter.Matches(*it)) {
+          ++it;
+          continue;
+        }
+        cancelled.push_back(std::move(*it));
+        it = q.jobs.erase(it);
+        --site->ready;
+      }
+    }
+  }
+  for (auto it = scheduled_jobs_.begin(); it != scheduled_jobs_.end();) {
+    if (!filter.Matches(it->second.job)) {
+      ++it;
+      continue;
+    }
+    loop_->CancelTimer(it->second.timer);
+    cancelled.push_back(std::move(it->second.job));
+    scheduled_jobs_.erase(it++);
+  }
+  std::erase_if(parked_, [&](Job& job) {
+    if (!filter.Matches(job)) return false;
+    cancelled.push_back(std::move(job));
+    return true;
+  });
+  size_t recipients = 0;
+  AttemptResult result{.kind = AttemptResult::Kind::kBounced,
+                       .status = "5.0.0",
+                       .diagnostic = absl::StrCat("cancelled by the administrator: ", reason)};
+  for (Job& job : cancelled) {
+    recipients += job.recipients.size();
+    SettleAll(std::move(job), result);
+  }
+  return recipients;
+}
+
+}  // namespace mta::delivery

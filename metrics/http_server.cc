@@ -1,6 +1,8 @@
 #include "metrics/http_server.h"
 
+#include <arpa/inet.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
@@ -27,7 +29,32 @@ MHD_Result Answer(void* cls, MHD_Connection* connection, const char* url, const 
     *upload_data_size = 0;
     return MHD_YES;
   }
-  HttpResponse r = impl->handler(method, url);
+  HttpRequest request{.method = method, .path = url};
+  MHD_get_connection_values(
+      connection, MHD_GET_ARGUMENT_KIND,
+      [](void* cls, MHD_ValueKind, const char* key, const char* value) -> MHD_Result {
+        static_cast<HttpRequest*>(cls)->query[key] = value != nullptr ? value : "";
+        return MHD_YES;
+      },
+      &request);
+  if (const char* auth =
+          MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)) {
+    request.authorization = auth;
+  }
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (info != nullptr && info->client_addr != nullptr) {
+    char host[INET6_ADDRSTRLEN] = {0};
+    const sockaddr* sa = info->client_addr;
+    if (sa->sa_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, host, sizeof(host));
+    } else if (sa->sa_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, host,
+                sizeof(host));
+    }
+    request.client_ip = host;
+  }
+  HttpResponse r = impl->handler(request);
   MHD_Response* response =
       MHD_create_response_from_buffer(r.body.size(), r.body.data(), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;

@@ -3,6 +3,7 @@
 #define METRICS_HTTP_SERVER_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,11 +18,19 @@ struct HttpResponse {
   std::string body;
 };
 
+struct HttpRequest {
+  std::string method;                        // e.g. "GET"
+  std::string path;                          // without the query string
+  std::map<std::string, std::string> query;  // decoded query arguments
+  std::string authorization;                 // the Authorization header, "" = none
+  std::string client_ip;
+};
+
 /**
- * Called on the HTTP server's own thread (never a shard's) for every request; it must only
- * read thread-safe state. `method` is e.g. "GET", `path` excludes the query string.
+ * Called on the HTTP server's own thread (never a shard's) for every request; it must not
+ * touch shard state except through thread-safe calls. Request bodies are discarded.
  */
-using HttpHandler = std::function<HttpResponse(const std::string& method, const std::string& path)>;
+using HttpHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
 /**
  * An HTTP/1.1 server on libmicrohttpd (Debian's libmicrohttpd; no hand-written HTTP

@@ -43,19 +43,23 @@ std::string Fetch(uint16_t port, const std::string& request) {
 
 TEST(HttpServerTest, ServesHandlerResponses) {
   uint16_t port = FreePort();
-  auto server = HttpServer::Start({"127.0.0.1", port},
-                                  [](const std::string& method, const std::string& path) {
-                                    if (path != "/healthz")
-                                      return HttpResponse{.status = 404, .body = "not found\n"};
-                                    return HttpResponse{.status = 200,
-                                                        .content_type = "application/json",
-                                                        .body = "{\"method\":\"" + method + "\"}"};
-                                  });
+  auto server = HttpServer::Start({"127.0.0.1", port}, [](const HttpRequest& r) {
+    if (r.path != "/healthz") return HttpResponse{.status = 404, .body = "not found\n"};
+    auto q = r.query.find("x");
+    return HttpResponse{.status = 200,
+                        .content_type = "application/json",
+                        .body = "{\"method\":\"" + r.method + "\",\"x\":\"" +
+                                (q == r.query.end() ? "" : q->second) + "\",\"auth\":\"" +
+                                r.authorization + "\",\"ip\":\"" + r.client_ip + "\"}"};
+  });
   ASSERT_TRUE(server.ok()) << server.status();
-  std::string ok = Fetch(port, "GET /healthz HTTP/1.0\r\n\r\n");
+  std::string ok = Fetch(port, "GET /healthz?x=a%20b HTTP/1.0\r\nAuthorization: Bearer t\r\n\r\n");
   EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
   EXPECT_NE(ok.find("Content-Type: application/json"), std::string::npos);
-  EXPECT_NE(ok.find("{\"method\":\"GET\"}"), std::string::npos);
+  EXPECT_NE(
+      ok.find("{\"method\":\"GET\",\"x\":\"a b\",\"auth\":\"Bearer t\",\"ip\":\"127.0.0.1\"}"),
+      std::string::npos)
+      << ok;
   std::string missing = Fetch(port, "GET /nope HTTP/1.0\r\n\r\n");
   EXPECT_EQ(missing.rfind("HTTP/1.1 404", 0), 0u) << missing;
   std::string garbage = Fetch(port, "\x01\x02 garbage\r\n\r\n");
@@ -64,9 +68,9 @@ TEST(HttpServerTest, ServesHandlerResponses) {
 
 TEST(HttpServerTest, BusyPortIsAClearError) {
   uint16_t port = FreePort();
-  auto first = HttpServer::Start({"127.0.0.1", port}, [](auto, auto) { return HttpResponse(); });
+  auto first = HttpServer::Start({"127.0.0.1", port}, [](auto) { return HttpResponse(); });
   ASSERT_TRUE(first.ok());
-  auto second = HttpServer::Start({"127.0.0.1", port}, [](auto, auto) { return HttpResponse(); });
+  auto second = HttpServer::Start({"127.0.0.1", port}, [](auto) { return HttpResponse(); });
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("cannot listen on 127.0.0.1"), std::string::npos);
 }

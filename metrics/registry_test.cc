@@ -49,10 +49,10 @@ TEST(RegistryTest, HistogramBucketsAreCumulativeWithInf) {
   b->Get(f, {"tx"}).Observe(7, f.buckets);
   EXPECT_EQ(registry.Render(),
             "# HELP mta_latency_seconds L.\n# TYPE mta_latency_seconds histogram\n"
-            "mta_latency_seconds_bucket{stream=\"tx\",le=\"0.10000000000000001\"} 2\n"
+            "mta_latency_seconds_bucket{stream=\"tx\",le=\"0.1\"} 2\n"
             "mta_latency_seconds_bucket{stream=\"tx\",le=\"1\"} 3\n"
             "mta_latency_seconds_bucket{stream=\"tx\",le=\"+Inf\"} 4\n"
-            "mta_latency_seconds_sum{stream=\"tx\"} 7.6500000000000004\n"
+            "mta_latency_seconds_sum{stream=\"tx\"} 7.65\n"
             "mta_latency_seconds_count{stream=\"tx\"} 4\n");
 }
 

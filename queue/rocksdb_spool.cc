@@ -155,6 +155,12 @@ class RocksDbSpool final : public Spool {
     s.commits = commits_.load();
     s.batches = batches_.load();
     s.commit_errors = commit_errors_.load();
+    // RocksDB's properties are thread-safe: this may run on the metrics thread.
+    for (rocksdb::ColumnFamilyHandle* cf : handles_) {
+      uint64_t v = 0;
+      if (db_->GetIntProperty(cf, rocksdb::DB::Properties::kEstimateLiveDataSize, &v)) s.bytes += v;
+      if (db_->GetIntProperty(cf, rocksdb::DB::Properties::kCurSizeAllMemTables, &v)) s.bytes += v;
+    }
     return s;
   }
 

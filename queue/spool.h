@@ -41,6 +41,7 @@ struct SpoolStats {
   uint64_t commits = 0;        // records made durable
   uint64_t batches = 0;        // fsynced WriteBatches
   uint64_t commit_errors = 0;  // records whose write failed
+  uint64_t bytes = 0;          // estimated live data (envelopes, contents, outcomes)
 };
 
 /**

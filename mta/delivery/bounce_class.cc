@@ -92,9 +92,8 @@ absl::StatusOr<std::shared_ptr<const BounceClassifier>> BounceClassifier::Create
     return absl::OkStatus();
   };
   for (size_t i = 0; i < rules.size(); ++i) {
-    Rule rule{.result = rules[i].result,
-              .code = rules[i].code,
-              .enhanced = std::move(rules[i].enhanced)};
+    Rule rule{
+        .result = rules[i].result, .code = rules[i].code, .enhanced = std::move(rules[i].enhanced)};
     if (auto s = compile(rules[i].text, &rule.text); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("bounce rule ", i + 1, ": ", s.message()));
     }
@@ -112,7 +111,8 @@ bool BounceClassifier::Matches(const Rule& rule, uint32_t code, absl::string_vie
                                absl::string_view text) {
   if (rule.code != 0 && rule.code != code) return false;
   if (!rule.enhanced.empty() && !absl::StartsWith(enhanced, rule.enhanced)) return false;
-  return rule.text == nullptr || RE2::PartialMatch(re2::StringPiece(text.data(), text.size()), *rule.text);
+  return rule.text == nullptr ||
+         RE2::PartialMatch(re2::StringPiece(text.data(), text.size()), *rule.text);
 }
 
 BounceClass BounceClassifier::Classify(uint32_t code, absl::string_view enhanced,

@@ -35,9 +35,9 @@ absl::StatusOr<BounceClass> ParseBounceClass(absl::string_view name);
 /** An operator's rule: every set condition must hold. */
 struct BounceRuleSpec {
   BounceClass result = BounceClass::kOther;
-  uint32_t code = 0;      // reply code; 0 = any
-  std::string enhanced;   // enhanced status prefix, e.g. "5.7" or "4.7.28"; "" = any
-  std::string text;       // RE2 searched in the reply text; "" = any
+  uint32_t code = 0;     // reply code; 0 = any
+  std::string enhanced;  // enhanced status prefix, e.g. "5.7" or "4.7.28"; "" = any
+  std::string text;      // RE2 searched in the reply text; "" = any
 };
 
 /**

@@ -27,8 +27,9 @@ TEST(BounceClassTest, RealReceiverReplies) {
                      "Our system has detected an unusual rate of unsolicited mail originating "
                      "from your IP address; it has been temporarily rate limited"),
             BounceClass::kRateLimited);
-  EXPECT_EQ(Classify(450, "4.2.1", "The user you are trying to contact is receiving mail at a "
-                                   "rate that prevents additional messages from being delivered"),
+  EXPECT_EQ(Classify(450, "4.2.1",
+                     "The user you are trying to contact is receiving mail at a "
+                     "rate that prevents additional messages from being delivered"),
             BounceClass::kRateLimited);
   EXPECT_EQ(Classify(421, "4.7.0", "[TSS04] Messages temporarily deferred due to user complaints"),
             BounceClass::kRateLimited);

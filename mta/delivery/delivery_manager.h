@@ -203,13 +203,14 @@ class DeliveryManager {
     std::string domain;
     std::string stream;
     uint64_t ready = 0, scheduled = 0, suspended = 0;  // recipients
-    int64_t oldest_received_ms = 0;                     // of the oldest message
+    int64_t oldest_received_ms = 0;                    // of the oldest message
   };
   std::vector<QueueRow> QueueSummary() const;
-  /** Calls `fn` for each waiting job matching `filter`: "ready", "scheduled" (with its due time) or "suspended". */
-  void ForEachJob(const JobFilter& filter,
-                  const std::function<void(const Job&, absl::string_view state, absl::Time due)>&
-                      fn) const;
+  /** Calls `fn` for each waiting job matching `filter`: "ready", "scheduled" (with its due time) or
+   * "suspended". */
+  void ForEachJob(
+      const JobFilter& filter,
+      const std::function<void(const Job&, absl::string_view state, absl::Time due)>& fn) const;
   /** Scheduled jobs matching `filter` are routed now. Returns their recipients. */
   size_t RetryNow(const JobFilter& filter);
   /** Waiting jobs matching `filter` bounce (DSN as usual) with `reason`. Returns recipients. */

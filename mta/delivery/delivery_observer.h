@@ -18,13 +18,13 @@ enum class Outcome { kDelivered, kDeferred, kBounced, kExpired };
 /** The settled result of one attempt for one recipient. */
 struct OutcomeReport {
   const queue::Envelope& envelope;
-  uint32_t recipient;        // index into envelope.recipients
+  uint32_t recipient;         // index into envelope.recipients
   const std::string& domain;  // the recipient's domain
   Outcome outcome;
   BounceClass bounce_class;  // kNone for deliveries
   const AttemptResult& result;
-  uint32_t attempt;          // 1 for the first attempt
-  const std::string& pool;   // the stream's pool ("" = none)
+  uint32_t attempt;         // 1 for the first attempt
+  const std::string& pool;  // the stream's pool ("" = none)
   absl::Time now;
 };
 

@@ -118,8 +118,8 @@ std::unique_ptr<queue::SpoolRecord> BuildDsn(const DsnOptions& options,
     const queue::Recipient& rcpt = original.recipients[r.index];
     absl::StrAppend(&c, "<", OneLine(rcpt.address, 300), ">: ", ActionName(r.action));
     if (!r.diagnostic.empty()) absl::StrAppend(&c, ": ", OneLine(r.diagnostic, 600));
-    if (!r.bounce_class.empty() && (r.action == DsnAction::kFailed ||
-                                    r.action == DsnAction::kDelayed)) {
+    if (!r.bounce_class.empty() &&
+        (r.action == DsnAction::kFailed || r.action == DsnAction::kDelayed)) {
       absl::StrAppend(&c, " (", OneLine(r.bounce_class, 40), ")");
     }
     absl::StrAppend(&c, "\r\n");

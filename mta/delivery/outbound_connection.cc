@@ -662,7 +662,7 @@ class Connection {
   std::string host_;
   uint16_t port_ = 25;
   std::string peer_;
-  std::string peer_ip_;       // of peer_
+  std::string peer_ip_;        // of peer_
   bool counted_open_ = false;  // reported to the observer as open
   absl::Time job_started_ = absl::InfinitePast();
   std::optional<AttemptResult> last_error_;

@@ -608,11 +608,11 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
     }
   }
 
-  RETURN_IF_ERROR(ReadMapList(top, "bounce_rules", &c.bounce_rules,
-                              [&](const YAML::Node& node, const std::string& path,
-                                  BounceRuleConfig* r) {
-                                return ParseBounceRule(node, path, source, r);
-                              }));
+  RETURN_IF_ERROR(
+      ReadMapList(top, "bounce_rules", &c.bounce_rules,
+                  [&](const YAML::Node& node, const std::string& path, BounceRuleConfig* r) {
+                    return ParseBounceRule(node, path, source, r);
+                  }));
 
   MapReader delivery(top.Get("delivery"), "delivery", source);
   RETURN_IF_ERROR(delivery.Check());

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <memory>
@@ -19,13 +20,18 @@
 #include "auth/credential_verifier.h"
 #include "auth/password_file.h"
 #include "auth/tls_context.h"
+#include "metrics/event_log.h"
 #include "metrics/http_server.h"
+#include "metrics/webhook.h"
 #include "mta/base/log.h"
 #include "mta/delivery/delivery_manager.h"
+#include "mta/server/admin_api.h"
 #include "mta/server/config.h"
 #include "mta/server/connection_limiter.h"
 #include "mta/server/dkim_signing.h"
+#include "mta/server/policy_control.h"
 #include "mta/server/shard.h"
+#include "mta/server/telemetry.h"
 #include "mta/server/traffic_policy_builder.h"
 #include "queue/content_loader.h"
 #include "queue/message_queue.h"
@@ -179,7 +185,7 @@ void CopyReloadable(const Config& from, Config* to) {
 }
 
 void Reload(const std::string& path, Config* running,
-            const std::vector<std::unique_ptr<Shard>>& shards) {
+            const std::vector<std::unique_ptr<Shard>>& shards, PolicyControl* policy_control) {
   if (path.empty()) {
     MTA_LOG_WARNING("SIGHUP: running on the embedded defaults; there is no file to reload");
     return;
@@ -198,7 +204,7 @@ void Reload(const std::string& path, Config* running,
     MTA_LOG_ERROR("SIGHUP: %s; keeping the running configuration", policy.status().message());
     return;
   }
-  for (const auto& shard : shards) shard->ApplyPolicy(*policy);
+  policy_control->SetBase(*std::move(policy));  // admin suspensions stay
   // Certificates are re-read from the running listeners' files (renewed in place).
   auto tls = LoadServerTls(*running);
   if (!tls.ok()) {
@@ -244,27 +250,16 @@ absl::Status ConfigureDelivery(const Config& config, ServerContext* context) {
   return absl::OkStatus();
 }
 
-// GET /healthz: 200 with a JSON summary while the spool can take mail, else 503. Runs on
-// the HTTP server's thread and reads only thread-safe state.
-metrics::HttpResponse HandleHttp(const std::string& method, const std::string& path,
-                                 const queue::Spool& spool,
-                                 const std::vector<std::unique_ptr<Shard>>& shards) {
-  if (path != "/healthz") return {.status = 404, .body = "not found\n"};
-  if (method != "GET" && method != "HEAD") return {.status = 405, .body = "use GET\n"};
-  uint64_t queued = 0;
-  for (const auto& shard : shards) queued += shard->queued_messages();
-  bool healthy = spool.Healthy();
-  std::string reason = healthy ? "" : spool.HealthReason();
-  std::string escaped;
-  for (char c : reason) {
-    if (c == '"' || c == '\\') escaped.push_back('\\');
-    if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
+// The first line of `path` (a secret such as the admin token), or an error naming the file.
+absl::StatusOr<std::string> ReadFirstLine(const std::string& path, absl::string_view what) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
   }
-  return {.status = healthy ? 200 : 503,
-          .content_type = "application/json",
-          .body = absl::StrCat("{\"status\":\"", healthy ? "ok" : "unhealthy",
-                               "\",\"spool_reason\":\"", escaped, "\",\"shards\":", shards.size(),
-                               ",\"queued_messages\":", queued, "}\n")};
+  line = std::string(absl::StripAsciiWhitespace(line));
+  if (line.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
+  return line;
 }
 
 int Run(int argc, char** argv) {
@@ -346,8 +341,45 @@ int Run(int argc, char** argv) {
   ConnectionLimiter limiter(config.max_connections, config.max_connections_per_ip);
   queue::BodyBudget body_budget(config.spool_max_bodies_in_memory);
   auto loader = std::make_unique<queue::ContentLoader>(spool->get());
+  // The event log and the metrics outlive the shards that write them.
+  std::unique_ptr<metrics::EventLog> events;
+  std::unique_ptr<metrics::WebhookShipper> webhook;
+  if (!config.events_directory.empty()) {
+    metrics::EventLogOptions o;
+    o.directory = config.events_directory;
+    o.max_file_bytes = config.events_max_file_mb << 20;
+    o.max_files = config.events_max_files;
+    o.retain_for_webhook = !config.events_webhook_url.empty();
+    o.webhook_backlog_max_bytes = config.events_webhook_max_backlog_mb << 20;
+    auto log = metrics::EventLog::Open(o);
+    if (!log.ok()) return Fail(absl::StrCat("events.directory: ", log.status().message()));
+    events = *std::move(log);
+  }
+  if (!config.events_webhook_url.empty()) {
+    metrics::WebhookOptions o;
+    o.url = config.events_webhook_url;
+    o.max_batch_events = config.events_webhook_batch;
+    if (!config.events_webhook_token_file.empty()) {
+      auto token = ReadFirstLine(config.events_webhook_token_file, "events.webhook.token_file");
+      if (!token.ok()) return Fail(std::string(token.status().message()));
+      o.headers.push_back({"Authorization", absl::StrCat("Bearer ", *token)});
+    }
+    auto shipper = metrics::WebhookShipper::Start(std::move(o), events.get());
+    if (!shipper.ok()) return Fail(absl::StrCat("events.webhook: ", shipper.status().message()));
+    webhook = *std::move(shipper);
+  }
+  Telemetry telemetry(config.metrics_top_destinations, events.get());
+  telemetry.set_webhook(webhook.get());
+  std::string admin_token;
+  if (!config.http_admin_token_file.empty()) {
+    auto token = ReadFirstLine(config.http_admin_token_file, "http.admin_token_file");
+    if (!token.ok()) return Fail(std::string(token.status().message()));
+    admin_token = *std::move(token);
+  }
+
   ServerContext context;
   context.config = &config;
+  context.telemetry = &telemetry;
   context.delivery_enabled = config.delivery_enabled;
   context.loader = loader.get();
   absl::Status ds = ConfigureDelivery(config, &context);
@@ -425,15 +457,19 @@ int Run(int argc, char** argv) {
     }
   }
   all_started.set_value();
+  PolicyControl policy_control(context.shards);
+  policy_control.SetBase(context.policy);
+  AdminApiContext admin{.spool = spool->get(),
+                        .shards = &shards,
+                        .telemetry = &telemetry,
+                        .policy = &policy_control,
+                        .token = admin_token};
   std::unique_ptr<metrics::HttpServer> http;
   if (config.http_enabled) {
     auto address = HostPort::Parse(config.http_address);
     if (!address.ok()) return Fail(std::string(address.status().message()));
-    queue::Spool* spool_ptr = spool->get();
     auto server = metrics::HttpServer::Start(
-        *address, [spool_ptr, &shards](const std::string& method, const std::string& path) {
-          return HandleHttp(method, path, *spool_ptr, shards);
-        });
+        *address, [&admin](const metrics::HttpRequest& r) { return HandleAdminRequest(admin, r); });
     if (!server.ok()) {
       for (auto& shard : shards) shard->BeginShutdown();
       for (auto& shard : shards) shard->Join();
@@ -453,7 +489,7 @@ int Run(int argc, char** argv) {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      Reload(config_path, &config, shards);
+      Reload(config_path, &config, shards, &policy_control);
       ReloadPasswordFile(config, verifier.get());
       ReloadDkimKeys(config, dkim.get());
       continue;

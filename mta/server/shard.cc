@@ -17,6 +17,7 @@
 #include "auth/tls_channel.h"
 #include "mta/base/log.h"
 #include "mta/server/dkim_signing.h"
+#include "mta/server/shard_telemetry.h"
 
 namespace mta::server {
 
@@ -61,6 +62,11 @@ class Connection final : public smtp::SessionDelegate {
 
   uint64_t id() const { return id_; }
   const std::string& ip() const { return ip_; }
+  const std::string& listener_name() const { return spec_.session.listener_name; }
+  /** The negotiated TLS version ("" = plain text). */
+  std::string tls_version() const {
+    return tls_ != nullptr && tls_->established() ? tls_->info().protocol_version : "";
+  }
   smtp::Session& session() { return session_; }
   bool sending() const { return sending_; }
 
@@ -141,6 +147,9 @@ class Connection final : public smtp::SessionDelegate {
   void VerifyCredentials(std::string user, std::string password) override {
     shard_->VerifyCredentials(this, spec_.session.listener_name, std::move(user),
                               std::move(password));
+  }
+  void OnReply(int code) override {
+    if (shard_->telemetry_ != nullptr) shard_->telemetry_->InboundReply(code);
   }
 
  private:
@@ -246,6 +255,7 @@ class Connection final : public smtp::SessionDelegate {
       tls_announced_ = true;
       const auth::TlsConnectionInfo& info = tls_->info();
       MTA_LOG_DEBUG("inbound TLS from %s: %s %s", ip_, info.protocol_version, info.cipher);
+      if (shard_->telemetry_ != nullptr) shard_->telemetry_->InboundTls(info.protocol_version);
       session_.OnTlsEstablished();  // after STARTTLS; a no-op for implicit TLS
     }
     char buf[16384];
@@ -462,6 +472,9 @@ absl::Status Shard::StartDelivery() {
   auto resolver = dns::CaresResolver::Create(loop_.get(), context_->dns);
   if (!resolver.ok()) return resolver.status();
   resolver_ = *std::move(resolver);
+  if (telemetry_ != nullptr) {
+    resolver_ = std::make_unique<CountingResolver>(std::move(resolver_), telemetry_.get());
+  }
   ServerContext* ctx = context_;
   delivery_ = std::make_unique<delivery::DeliveryManager>(
       index_, ctx->shards.size(), loop_.get(), ctx->spool, ctx->loader, &ids_, resolver_.get(),
@@ -476,6 +489,7 @@ absl::Status Shard::StartDelivery() {
       [this](delivery::Destination& d, const delivery::EgressSource* source) {
         delivery::StartOutboundConnection(&outbound_, &d, source);
       });
+  delivery_->set_observer(telemetry_.get());
   outbound_ = ctx->outbound;
   outbound_.loop = loop_.get();
   outbound_.manager = delivery_.get();
@@ -595,6 +609,11 @@ absl::Status Shard::Start() {
       return;
     }
     loop_ = *std::move(loop);
+    if (context_->telemetry != nullptr) {
+      telemetry_ = std::make_unique<ShardTelemetry>(context_->telemetry, index_);
+      absl::Time first = loop_->Now() + absl::Seconds(1);
+      loop_->AddTimer(first, [this, first] { TelemetryTick(first, 0); });
+    }
     if (context_->delivery_enabled) {
       absl::Status s = StartDelivery();
       if (!s.ok()) {
@@ -715,6 +734,7 @@ void Shard::OnAccept(size_t listener, int fd) {
       break;
   }
   bool counted = reject.empty();
+  if (telemetry_ != nullptr) telemetry_->InboundConnection(spec.session.listener_name, +1);
   if (counted && !context_->spool->Healthy()) {
     reject = absl::StrCat("421 4.3.2 ", host,
                           " Service temporarily unavailable: ", context_->spool->HealthReason());
@@ -728,6 +748,7 @@ void Shard::OnAccept(size_t listener, int fd) {
 }
 
 void Shard::OnConnectionClosed(Connection* conn) {
+  if (telemetry_ != nullptr) telemetry_->InboundConnection(conn->listener_name(), -1);
   if (!uncounted_.erase(conn->id())) context_->limiter->Release(conn->ip());
   connections_.erase(conn->id());
   delete conn;
@@ -792,6 +813,12 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
                         std::unique_ptr<queue::SpoolRecord> record) {
   --pending_commits_;
   std::string id = record->envelope.id;
+  auto conn = connections_.find(conn_id);
+  if (status.ok() && telemetry_ != nullptr) {
+    telemetry_->MessageReceived(record->envelope,
+                                conn != connections_.end() ? conn->second->tls_version() : "",
+                                loop_->Now());
+  }
   if (status.ok()) {
     Shard* owner = context_->shards[delivery::DeliveryManager::HomeOf(id, context_->shards.size())];
     if (owner == this) {
@@ -804,12 +831,26 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
   } else {
     MTA_LOG_WARNING("shard %d: message %s not accepted: %s", index_, id, status.ToString());
   }
-  auto it = connections_.find(conn_id);
-  if (it != connections_.end()) {
-    it->second->session().OnCommitDone(status, id);
-    it->second->AfterSessionCall();
+  if (conn != connections_.end()) {
+    conn->second->session().OnCommitDone(status, id);
+    conn->second->AfterSessionCall();
   }
   MaybeFinishShutdown();
+}
+
+void Shard::TelemetryTick(absl::Time deadline, uint64_t tick) {
+  // absl::Now(), not the loop's cached time: the lag is how late this timer runs.
+  telemetry_->LoopLag(std::max(absl::ZeroDuration(), absl::Now() - deadline));
+  if (tick % 2 == 0) {
+    if (delivery_ != nullptr) {
+      telemetry_->QueueGauges(delivery_->QueueSummary(), delivery_->messages_at_home(),
+                              loop_->Now());
+    } else {
+      telemetry_->QueueGauges({}, queue_.size(), loop_->Now());
+    }
+  }
+  absl::Time next = loop_->Now() + absl::Seconds(1);
+  loop_->AddTimer(next, [this, next, tick] { TelemetryTick(next, tick + 1); });
 }
 
 void Shard::Enqueue(queue::Envelope envelope, std::optional<std::string> content) {

@@ -40,6 +40,8 @@ namespace mta::server {
 
 class DkimSigningService;
 class Shard;
+class ShardTelemetry;
+class Telemetry;
 
 /** One configured listener, resolved once at start-up and shared read-only by shards. */
 struct ListenerSpec {
@@ -75,7 +77,8 @@ struct ServerContext {
   // DKIM: messages whose From: domain has keys are signed on this service's thread before
   // they are spooled (null when dkim.signing is empty at start-up).
   DkimSigningService* dkim = nullptr;
-  std::vector<Shard*> shards;  // filled before any shard runs
+  Telemetry* telemetry = nullptr;  // metrics and events; null = none
+  std::vector<Shard*> shards;      // filled before any shard runs
   // Ready once every shard's loop exists; shards wait for it before accepting or posting.
   std::shared_future<void> all_started;
 };
@@ -110,6 +113,18 @@ class Shard {
   void Join();
 
   uint32_t index() const { return index_; }
+  /**
+   * Thread-safe: runs `fn` on the shard's thread with its delivery manager (null when
+   * delivery is off) and returns its result once it ran (admin API; never call it from a
+   * shard thread).
+   */
+  template <typename T>
+  T Run(std::function<T(delivery::DeliveryManager*)> fn) {
+    std::promise<T> done;
+    loop_->Post([&] { done.set_value(fn(delivery_.get())); });
+    return done.get_future().get();
+  }
+
   /** Thread-safe snapshot, updated on the shard thread. */
   uint64_t queued_messages() const { return queued_.load(std::memory_order_relaxed); }
 
@@ -134,6 +149,8 @@ class Shard {
                              const std::string& user, absl::StatusOr<auth::AuthUser> result);
   absl::Status StartDelivery();
   void MaybeFinishShutdown();
+  // Every second: the loop lag, and (every other second) the queue gauges.
+  void TelemetryTick(absl::Time deadline, uint64_t tick);
   void ShutdownOnLoop();
 
   const uint32_t index_;
@@ -148,7 +165,8 @@ class Shard {
   bool shutting_down_ = false;
   queue::QueueIdGenerator ids_;
   queue::MessageQueue queue_;
-  std::vector<queue::Envelope> recovered_;  // handed to delivery once the loop runs
+  std::vector<queue::Envelope> recovered_;     // handed to delivery once the loop runs
+  std::unique_ptr<ShardTelemetry> telemetry_;  // null without ServerContext::telemetry
   std::unique_ptr<dns::Resolver> resolver_;
   delivery::OutboundContext outbound_;
   std::unique_ptr<delivery::DeliveryManager> delivery_;

@@ -94,6 +94,10 @@ Session::Session(const SessionConfig& config, ClientInfo client, SessionDelegate
 void Session::Reply(absl::string_view line) {
   out_.append(line.data(), line.size());
   out_.append("\r\n");
+  // The last line of a reply has a space (or nothing) after its code.
+  if (line.size() >= 3 && (line.size() == 3 || line[3] == ' ')) {
+    delegate_->OnReply((line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0'));
+  }
 }
 
 void Session::ReplyError(absl::string_view line) {

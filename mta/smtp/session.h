@@ -74,6 +74,8 @@ class SessionDelegate {
    * temporary failure (e.g. ResourceExhausted while the client or user is rate-limited).
    */
   virtual void VerifyCredentials(std::string user, std::string password) = 0;
+  /** Every reply the session sends (its code; once per reply, not per line). */
+  virtual void OnReply(int code) {}
 };
 
 /**

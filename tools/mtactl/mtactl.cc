@@ -3,6 +3,8 @@
 //   mtactl passwd add FILE USER [--domains a.com,b.com|*] [--stream NAME] [--pbkdf2]
 //   mtactl passwd set FILE USER [--domains ...] [--stream NAME] [--pbkdf2]
 //   mtactl passwd check FILE USER
+//   mtactl queue | messages | show | suspend | resume | suspended | retry | bounce | reload
+//     (the admin API; see admin_commands.h)
 //
 // The password is read from standard input: prompted for without echo (twice for add/set)
 // when it is a terminal, else the first line. The file is replaced atomically (a temporary
@@ -27,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "auth/password_file.h"
+#include "tools/mtactl/admin_commands.h"
 
 namespace mta::tools {
 namespace {
@@ -42,10 +45,12 @@ constexpr char kUsage[] =
     "check: exit 0 if the password is valid for USER, 1 if not.\n"
     "After add or set, send mtad SIGHUP to apply the change.\n";
 
+void PrintUsage(std::ostream& out) { out << kUsage << kAdminUsage; }
+
 constexpr size_t kMaxPassword = 512;
 
 int Usage() {
-  std::cerr << kUsage;
+  PrintUsage(std::cerr);
   return 2;
 }
 
@@ -282,10 +287,11 @@ int Passwd(const std::vector<std::string>& args) {
 int Run(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << kUsage;
+    PrintUsage(std::cout);
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "passwd") return Passwd(std::vector<std::string>(args.begin() + 1, args.end()));
+  if (IsAdminCommand(args[0])) return RunAdminCommand(args);
   std::cerr << "mtactl: unknown command '" << args[0] << "'\n";
   return Usage();
 }

@@ -6,8 +6,12 @@ within 2x of the figure without a backlog).
 Setup, all on loopback: mtad (--shards 2, fresh spool per phase, fsync on) with streams
 `transactional` (priority 10) and `marketing` (priority 0), a listener with
 `stream: transactional, stream_header: X-Stream`, and `delivery.routes` sending the one
-destination domain dest.test to one capture_sink.py (tests/integration; --no-content,
-records on tmpfs) under `shaping.default.max_connections: 5`.
+destination domain dest.test to one sink under `shaping.default.max_connections: 5`. The sink
+(--sink) is fast_sink (benchmarks/shaping/fast_sink.cc, the default: bazel-bin's binary or
+$FAST_SINK, copied to a private directory first like mtad) or capture_sink.py
+(tests/integration); both run with --no-content, write the same records (on tmpfs) and are
+followed the same way. capture_sink.py is Python and costs about 2 ms of CPU per
+transaction, so on 2 cores it competes with mtad for CPU and inflates the latencies.
 
 Cases (--cases):
 - shared: both streams without a pool, so they compete for the same 5 connections from
@@ -16,7 +20,7 @@ Cases (--cases):
 - separate: egress sources tx1 = 127.0.0.2 and bulk1 = 127.0.0.3, pools `tx` and `bulk`,
   one per stream: each source has its own 5 connections to the site;
 - control (not in the default set): as shared, but the marketing goes to another domain,
-  bulk.test, routed to a second capture_sink process. Transactional mail shares only
+  bulk.test, routed to a second sink process. Transactional mail shares only
   mtad (and the machine's 2 cores) with the drain, not the receiver: the difference to
   `separate` is what the shared receiver costs.
 
@@ -42,10 +46,14 @@ reported, and the section "Transactional isolation" of benchmarks/RESULTS.md is 
 (unless --no-results; a run with other --cases than the default writes its own section).
 
 usage: benchmarks/shaping/isolation_bench.py [--runs 3] [--backlog 100000] [--seconds 20]
-           [--rate 50] [--cases shared,separate]
+           [--rate 50] [--cases shared,separate] [--sink fast|python]
 """
 
 import argparse
+import atexit
+import datetime
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -66,6 +74,51 @@ BULK_DEST = "bulk.test"  # the control case's marketing destination
 BUSY = "; OTHER TESTS RAN MEANWHILE"
 DEFAULT_CASES = "shared,separate"
 TX_SOURCE, BULK_SOURCE = "127.0.0.2", "127.0.0.3"
+FAST_SINK_TARGET = "benchmarks/shaping/fast_sink"
+FAST_SINK = None  # the private copy, once snapshot_fast_sink() has run
+
+
+def snapshot_fast_sink():
+    """Copies fast_sink ($FAST_SINK, else bazel-bin's) to a private directory (removed at
+    exit), as common.snapshot_binaries() does for mtad, so a rebuild during the run cannot
+    swap it. Returns a description for the results."""
+    global FAST_SINK
+    src = os.environ.get("FAST_SINK") or os.path.join(common.ROOT, "bazel-bin", FAST_SINK_TARGET)
+    if not os.path.exists(src):
+        raise SystemExit(f"{src} is missing: bazel build //{os.path.dirname(FAST_SINK_TARGET)}"
+                         f":fast_sink (or set $FAST_SINK, or use --sink python)")
+    d = tempfile.mkdtemp(prefix="fast-sink-bin-")
+    atexit.register(shutil.rmtree, d, True)
+    FAST_SINK = shutil.copy(src, os.path.join(d, "fast_sink"))
+    with open(FAST_SINK, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    built = datetime.datetime.fromtimestamp(os.stat(src).st_mtime).strftime("%Y-%m-%d %H:%M")
+    return f"fast_sink built {built} (sha256 {digest}…)"
+
+
+class FastSink(common.CaptureSink):
+    """fast_sink in place of capture_sink.py: the same command line, listening line and
+    records, so CaptureSink's poll() and stop() follow it unchanged. __init__ is
+    CaptureSink's with the other command (common.py is shared with overhead_bench.py)."""
+
+    def __init__(self, address="127.0.0.1", on_message=None):
+        self.dir = tempfile.mkdtemp(prefix="shaping-sink-", dir=common.SHM)
+        self.out = os.path.join(self.dir, "records.jsonl")
+        self.err_path = os.path.join(self.dir, "stderr")
+        self.err = open(self.err_path, "w")
+        self.on_message = on_message
+        self.proc = subprocess.Popen(
+            [FAST_SINK, "--listen", f"{address}:0", "--out", self.out, "--no-content",
+             "--timeout", "600"],
+            stdout=subprocess.PIPE, stderr=self.err, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise OSError("fast_sink failed: " + open(self.err_path).read())
+        self.port = json.loads(line)["port"]
+        self.address = address
+        self.offset = 0
+        self.partial = b""
+        self.messages = 0
 
 
 class Tracker:
@@ -128,12 +181,13 @@ class Tracker:
 
 
 class Sinks:
-    """The capture sinks of a phase: [0] receives dest.test; in the control case [1]
-    receives bulk.test (the marketing)."""
+    """The sinks of a phase (--sink: fast_sink or capture_sink.py): [0] receives dest.test;
+    in the control case [1] receives bulk.test (the marketing)."""
 
     def __init__(self, case, tracker):
         n = 2 if case == "control" else 1
-        self.all = [common.CaptureSink(on_message=tracker) for _ in range(n)]
+        kind = FastSink if ARGS.sink == "fast" else common.CaptureSink
+        self.all = [kind(on_message=tracker) for _ in range(n)]
         self.port = self.all[0].port
 
     def poll(self):
@@ -378,6 +432,10 @@ def main():
     ap.add_argument("--full-drain", action=argparse.BooleanOptionalAction, default=True,
                     help="after phase B's transactional mail, wait for the whole backlog")
     ap.add_argument("--drain-timeout", type=float, default=900)
+    ap.add_argument("--sink", choices=("fast", "python"), default="fast",
+                    help="the receiver: fast_sink (bazel-bin, or $FAST_SINK) or "
+                         "tests/integration/capture_sink.py (Python; its CPU use on 2 cores "
+                         "inflates the latencies)")
     ap.add_argument("--no-results", action="store_true", help="do not edit RESULTS.md")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for other test runs (shaping_test, bazel test) to end")
@@ -387,6 +445,15 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     common.raise_nofile()
     binfo = common.snapshot_binaries()
+    if ARGS.sink == "fast":
+        sink_note = snapshot_fast_sink()
+        sink_text = ("`fast_sink` (benchmarks/shaping/fast_sink.cc: C++, one epoll thread, "
+                     "capture_sink.py's records written on tmpfs at least every 50 ms, "
+                     "timestamp per message taken before its `250`)")
+    else:
+        sink_note = "sink tests/integration/capture_sink.py"
+        sink_text = ("`capture_sink.py --no-content` (Python asyncio, JSON lines on tmpfs, "
+                     "timestamp per message)")
     if not ARGS.no_wait:
         common.wait_quiet()
     machine = common.machine_note()
@@ -474,18 +541,17 @@ def main():
 {command}
 ```
 
-Machine: {machine}; {common.binary_note(binfo)}.
+Machine: {machine}; {common.binary_note(binfo)}; {sink_note}.
 
 Setup: mtad `--shards {ARGS.shards}` (fsync on, fresh spool per phase), streams
 `transactional` (priority 10) and `marketing` (priority 0), listener `stream:
 transactional, stream_header: X-Stream`, `delivery.routes: [{{domain: {DEST}, host:
 127.0.0.1, port: SINK, tls: none}}]`, `shaping.default.max_connections: 5`. One
-`capture_sink.py --no-content` (Python asyncio, JSON lines on tmpfs, timestamp per
-message) receives everything. Case **shared**: no pools, both streams compete for the
+{sink_text} receives everything. Case **shared**: no pools, both streams compete for the
 same 5 connections (only stream priority separates them). Case **separate**: pools `tx`
 (source 127.0.0.2) and `bulk` (127.0.0.3), one per stream, 5 connections each. Case
 **control**: as shared, but the marketing is for another domain, `bulk.test`, routed to
-a second capture_sink process: transactional mail shares mtad and the 2 cores with the
+a second sink process: transactional mail shares mtad and the 2 cores with the
 drain, not the receiver.
 
 - **A, no backlog**: {ARGS.rate:.0f} transactional msg/s for {ARGS.seconds:.0f} s

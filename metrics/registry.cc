@@ -61,18 +61,19 @@ void Cell::Observe(double v, const std::vector<double>& bounds) {
 }
 
 Cell& Cells::Get(const Family& family, std::initializer_list<absl::string_view> values) {
-  std::string key(reinterpret_cast<const char*>(&family.index), sizeof(family.index));
+  // The key is built in a reused buffer: no allocation once a series exists.
+  key_.assign(reinterpret_cast<const char*>(&family.index), sizeof(family.index));
   bool first = true;
   for (absl::string_view v : values) {
-    if (!first) key.push_back(kSep);
+    if (!first) key_.push_back(kSep);
     first = false;
-    for (char c : v) key.push_back(c == kSep ? ' ' : c);
+    for (char c : v) key_.push_back(c == kSep ? ' ' : c);
   }
   // Only this thread inserts, so finding needs no lock.
-  auto it = cells_.find(key);
+  auto it = cells_.find(absl::string_view(key_));
   if (it != cells_.end()) return it->second;
   std::lock_guard<std::mutex> lock(mu_);
-  return cells_.try_emplace(std::move(key), family.buckets.size()).first->second;
+  return cells_.try_emplace(key_, family.buckets.size()).first->second;
 }
 
 absl::string_view LabelLimiter::Fold(absl::string_view value) {

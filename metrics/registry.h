@@ -82,6 +82,7 @@ class Cells {
   // Key: family index, then label values separated by '\x1f'.
   absl::node_hash_map<std::string, Cell> cells_;
   mutable std::mutex mu_;  // guards insertions against the scrape's iteration
+  std::string key_;        // Get's scratch buffer
 };
 
 /**

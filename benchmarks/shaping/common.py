@@ -78,10 +78,10 @@ def snapshot_binaries():
     return info
 
 
-def command_line(script):
+def command_line(script, directory="shaping"):
     """The command that reproduces this run, with the binaries' environment if set."""
     env = " ".join(f"{k}={os.environ[k]}" for k in ("MTAD", "SPOOL_DUMP") if k in os.environ)
-    return ((env + " " if env else "") + f"python3 benchmarks/shaping/{script} " +
+    return ((env + " " if env else "") + f"python3 benchmarks/{directory}/{script} " +
             " ".join(sys.argv[1:])).rstrip()
 
 

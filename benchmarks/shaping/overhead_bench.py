@@ -73,17 +73,22 @@ def mtad_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(args, nsd, with_rules):
+def one_run(args, nsd, sections, during=None):
+    """One relay run of args.messages to args.domains sites. `sections`: extra mtad config;
+    `during(mtad)`, if given, is started once mtad runs and returns a function that stops it
+    (called when the sinks have every message) and returns a dict added to the result."""
     # A fresh port per run: no TIME_WAIT collisions with the previous run's connections.
     sink = common.SinkGroup(args.sinks)
     overflows = common.listen_overflows()
-    sections = {"shaping": {"rules": rules(args.domains)}} if with_rules else {}
+    stop_during = None
     m = harness.Mtad(shards=args.shards, limits={"max_connections_per_ip": 10000},
                      delivery={"smtp_port": sink.port, "dns_servers": [nsd.address()],
                                "tls": "none"},
                      sections=sections)
     try:
         m.start(timeout=60)
+        if during is not None:
+            stop_during = during(m)
         rcpts = [f"u{n}@d{n % args.domains}.bench.test" for n in range(args.messages)]
         inj = common.Injector(m.port, rcpts, size=args.size, sessions=args.sessions,
                               processes=2, batch=4).prepare()
@@ -108,6 +113,10 @@ def one_run(args, nsd, with_rules):
             raise done["error"]
         t1, marks = done["t1"], done["marks"]
         cpu = mtad_cpu_seconds(m.proc.pid)
+        extra = {}
+        if stop_during is not None:
+            extra = stop_during() or {}
+            stop_during = None
         log = m.log()
     except Exception:
         bad = common.notable_log_lines(m.log())
@@ -117,6 +126,8 @@ def one_run(args, nsd, with_rules):
             print("    " + line, flush=True)
         raise
     finally:
+        if stop_during is not None:
+            stop_during()
         m.stop()
         sink.stop()
         shutil.rmtree(m.workdir, ignore_errors=True)
@@ -125,7 +136,7 @@ def one_run(args, nsd, with_rules):
             "secs": t1 - t0, "warnings": warnings, "injected_s": injected_at - t0,
             "marks": {k: v - t0 for k, v in marks.items()},
             "overflows": common.listen_overflows() - overflows,
-            "cpu_us": cpu * 1e6 / args.messages}
+            "cpu_us": cpu * 1e6 / args.messages, **extra}
 
 
 def main():
@@ -164,7 +175,8 @@ def main():
                 if not args.no_wait:
                     common.wait_quiet(limit=300)  # again before every run: others may have started
                 with common.OverlapWatch() as watch:
-                    r = one_run(args, nsd, with_rules)
+                    sections = {"shaping": {"rules": rules(args.domains)}} if with_rules else {}
+                    r = one_run(args, nsd, sections)
                 r["busy"] = watch.busy
                 res[with_rules].append(r)
                 print(f"run {run + 1} {'rules   ' if with_rules else 'no rules'}: "

@@ -166,8 +166,8 @@ void ReloadDkimKeys(const Config& running, DkimSigningService* dkim) {
   dkim->SetKeys(*std::move(keys));
 }
 
-// SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules and
-// suspensions) is re-read and handed to every shard; queued mail stays queued. Other
+// SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules,
+// suspensions and bounce rules) is re-read and handed to every shard; queued mail stays queued. Other
 // settings need a restart, which is logged when they changed.
 void CopyReloadable(const Config& from, Config* to) {
   to->sources = from.sources;
@@ -182,6 +182,7 @@ void CopyReloadable(const Config& from, Config* to) {
   to->retry_jitter_percent = from.retry_jitter_percent;
   to->queue_lifetime = from.queue_lifetime;
   to->dkim_signing = from.dkim_signing;  // keys re-read by ReloadDkimKeys
+  to->bounce_rules = from.bounce_rules;  // part of the traffic policy
 }
 
 void Reload(const std::string& path, Config* running,

@@ -10,6 +10,7 @@ Usage:
                     [--stats stats.json] [--eml-dir DIR] [--no-content] [--hostname mx.test]
                     [--max-size BYTES] [--max-connections N] [--timeout SECONDS]
                     [--tls-cert cert.pem --tls-key key.pem] [--script rules.json]
+                    [--record-refusals]
 
 For each listener it prints one JSON line to stdout once it listens, e.g.
     {"event": "listening", "address": "127.0.0.2", "port": 2525}
@@ -33,6 +34,12 @@ Records (--out, JSON lines, flushed before the 250 that acknowledges a message):
      "transfer": "DATA", "size": 123, "sha256": "...", "data_b64": "..."}
     {"type": "connection", "conn_id": 3, ..., "messages": 1, "rejected": null,
      "starttls_discarded_bytes": 0, "start": ..., "end": ...}
+With --record-refusals, every 4xx/5xx reply a script rule gives to a command (any rule
+command but CONNECT) also gets a record, written before the reply is sent:
+    {"type": "refusal", "conn_id": 3, "timestamp": ..., "command": "RCPT",
+     "arg": "<b@example.net>", "reply": "452 4.2.2 Mailbox full"}
+("reply" is the last line of the reply; DOT records have an empty "arg"). The sink's own
+refusals (syntax errors, 503 out of sequence, size limits) are not recorded.
 "tls" is null on plain-text connections. --eml-dir also writes each message's bytes
 to DIR/<id>.eml. --no-content leaves "data_b64" out of message records (every other
 field, "size" and "sha256" included, is still written): benchmarks that push 100,000+
@@ -192,6 +199,7 @@ class Sink:
         self.out = open(args.out, "a", encoding="utf-8")
         self.eml_dir = args.eml_dir
         self.no_content = args.no_content
+        self.record_refusals = args.record_refusals
         if self.eml_dir:
             os.makedirs(self.eml_dir, exist_ok=True)
         self.stats_path = args.stats
@@ -362,11 +370,19 @@ class Session:
         if rule is not None and rule.drop:
             raise Closing()
         lines = rule.reply if rule is not None and rule.reply is not None else default
+        self.record_refusal(command, arg, lines)
         await self.send(lines, delay=rule.delay if rule is not None else None)
         code = lines[-1][:3]
         if code == "421" or (rule is not None and rule.close):
             raise Closing()
         return code[0] in accept_codes
+
+    def record_refusal(self, command, arg, lines):
+        """With --record-refusals: a record for a 4xx/5xx reply (before it is sent)."""
+        if self.sink.record_refusals and lines[-1][:1] in ("4", "5"):
+            t, _ = now_fields()
+            self.sink.record({"type": "refusal", "conn_id": self.conn_id, "timestamp": t,
+                              "command": command, "arg": arg, "reply": lines[-1]})
 
     # ---- Session ----------------------------------------------------------------------
 
@@ -617,6 +633,8 @@ class Session:
         delay = rule.delay if rule is not None else None
         close = rule is not None and rule.close
         accepted = lines is None or lines[-1].startswith("2")
+        if not accepted:
+            self.record_refusal("DOT", "", lines)
         if accepted:
             self.msg_index += 1
             msg_id = "%d.%d" % (self.conn_id, self.msg_index)
@@ -753,6 +771,8 @@ def main(argv=None):
     p.add_argument("--tls-cert", help="PEM certificate chain: enables STARTTLS")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--script", help="JSON rules (a file, or inline JSON starting with '{')")
+    p.add_argument("--record-refusals", action="store_true",
+                   help="also record every 4xx/5xx reply a script rule gives (type 'refusal')")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")

@@ -236,6 +236,37 @@ class CaptureSinkTest(unittest.TestCase):
         self.assertEqual(rec["mail_from"], "slow@example.com")
         self.assertEqual(rec["msg_index"], 1)
 
+    def test_record_refusals(self):
+        sink = self.start(extra=["--record-refusals"], script={"rules": [
+            {"command": "RCPT", "match": "^<full@", "reply": "452 4.2.2 Mailbox full"},
+            {"command": "RCPT", "match": "^<nobody@", "reply": "550 5.1.1 No such user"},
+            {"command": "DOT", "match": "X-Spam: yes", "reply": "554 5.7.1 Spam"},
+        ]})
+        s = sink.smtp()
+        s.ehlo()
+        s.docmd("MAIL FROM:<a@example.com>")
+        self.assertEqual(s.docmd("RCPT TO:<full@example.net>")[0], 452)
+        self.assertEqual(s.docmd("RCPT TO:<nobody@example.net>")[0], 550)
+        self.assertEqual(s.docmd("RCPT TO:<b@example.net>")[0], 250)
+        self.assertEqual(s.data(b"X-Spam: yes\r\n\r\nbuy\r\n")[0], 554)
+        s.quit()
+        refusals = sink.records("refusal")
+        self.assertEqual([(r["command"], r["arg"], r["reply"]) for r in refusals],
+                         [("RCPT", "<full@example.net>", "452 4.2.2 Mailbox full"),
+                          ("RCPT", "<nobody@example.net>", "550 5.1.1 No such user"),
+                          ("DOT", "", "554 5.7.1 Spam")])
+        self.assertEqual({r["conn_id"] for r in refusals}, {1})
+        # Without the option nothing but messages and connections is recorded.
+        plain = self.start(script={"rules": [
+            {"command": "RCPT", "match": "^<nobody@", "reply": "550 5.1.1 No such user"}]})
+        s = plain.smtp()
+        s.ehlo()
+        s.docmd("MAIL FROM:<a@example.com>")
+        self.assertEqual(s.docmd("RCPT TO:<nobody@example.net>")[0], 550)
+        s.quit()
+        plain.wait_records("connection", 1)
+        self.assertEqual(plain.records("refusal"), [])
+
     def test_several_loopback_addresses_and_greeting_421(self):
         sink = self.start(listen=("127.0.0.1", "127.0.0.2"), script={"rules": [
             {"command": "CONNECT", "local": "127.0.0.2", "reply": "421 4.7.0 Busy"}]})

@@ -49,7 +49,7 @@ class Mtad:
     """One mtad process with its own spool directory and port."""
 
     def __init__(self, workdir=None, shards=2, listener=None, server=None, limits=None,
-                 spool=None, preexec_fn=None, delivery=None, sections=None):
+                 spool=None, preexec_fn=None, delivery=None, sections=None, http=None):
         self.workdir = workdir or tempfile.mkdtemp(prefix="mtad-it-")
         self.port = free_port()
         self.shards = shards
@@ -62,6 +62,9 @@ class Mtad:
         self.spool.update(spool or {})
         self.preexec_fn = preexec_fn
         self.http_port = free_port()
+        # The http section (address, admin_token_file, ...); the address defaults to loopback.
+        self.http = {"address": f"127.0.0.1:{self.http_port}"}
+        self.http.update(http or {})
         # Delivery stays off unless a test configures it: tests never reach real MX hosts.
         self.delivery = {"enabled": False} if delivery is None else delivery
         # Further top-level sections (egress, streams, shaping, suspended, ...), each written
@@ -79,7 +82,8 @@ class Mtad:
         for k, v in self.spool.items():
             lines.append(f"  {k}: {json.dumps(v)}")
         lines.append("http:")
-        lines.append(f'  address: "127.0.0.1:{self.http_port}"')
+        for k, v in self.http.items():
+            lines.append(f"  {k}: {json.dumps(v)}")
         if self.delivery:
             lines.append("delivery:")
             for k, v in self.delivery.items():

@@ -209,6 +209,7 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string
       }
       if (!lane.bucket.TryTake(now)) {
         WakeBudgetAt(budget, lane.bucket.NextAvailable(now));
+        if (observer_ != nullptr) observer_->OnBackoff(budget.rule->name, source, "throttle");
         return std::nullopt;
       }
       Job job = std::move(front);

@@ -36,7 +36,10 @@ class DeliveryObserver {
  public:
   virtual ~DeliveryObserver() = default;
   virtual void OnOutcome(const OutcomeReport& report) = 0;
-  /** A backoff step at `rule` for `source`: "suspend", "slow" or "restore". */
+  /**
+   * A shaping event at `rule` for `source`: a backoff step ("suspend", "slow", "restore")
+   * or "throttle" (a connection asked for mail and waited for the message rate).
+   */
   virtual void OnBackoff(absl::string_view rule, absl::string_view source,
                          absl::string_view action) = 0;
   /** An outbound connection from `source` ("" = none) was opened (+1) or closed (-1). */

@@ -37,7 +37,12 @@ ShardTelemetry::ShardTelemetry(Telemetry* telemetry, uint32_t shard)
     : t_(telemetry),
       f_(telemetry->families()),
       cells_(telemetry->registry().NewCells()),
-      shard_(absl::StrCat(shard)) {}
+      shard_(absl::StrCat(shard)) {
+  // Series that exist from the start, so that rate() sees their first increment.
+  for (const char* side : {"inbound", "outbound"}) {
+    for (const char* cls : {"2xx", "3xx", "4xx", "5xx"}) cells_->Get(*f_.replies, {side, cls});
+  }
+}
 
 void ShardTelemetry::MessageReceived(const queue::Envelope& env, absl::string_view tls,
                                      absl::Time now) {
@@ -193,7 +198,7 @@ void ShardTelemetry::OnBackoff(absl::string_view rule, absl::string_view source,
                                absl::string_view action) {
   cells_->Get(*f_.backoff, {rule, source, action}).Add(1);
   metrics::EventLog* events = t_->events();
-  if (events == nullptr) return;
+  if (events == nullptr || action == "throttle") return;  // routine: counted only
   events->Append(metrics::JsonObject()
                      .Str("time", EventTime(absl::Now()))
                      .Str("type", "backoff")

@@ -1,6 +1,5 @@
 #include "mta/server/telemetry.h"
 
-
 #include "absl/strings/str_cat.h"
 #include "metrics/json.h"
 
@@ -21,8 +20,8 @@ std::string EventTime(absl::Time t) {
   int64_t second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
   if (second != cached_second) {
     cached_second = second;
-    cached = absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(second),
-                              absl::UTCTimeZone());
+    cached =
+        absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(second), absl::UTCTimeZone());
   }
   int milli = static_cast<int>(ms - second * 1000);
   std::string out = cached;
@@ -112,7 +111,8 @@ Telemetry::Telemetry(uint32_t top_destinations, metrics::EventLog* events)
                          MetricType::kGauge,
                          {"destination", "shard"}});
   f_.backoff = add({"mta_backoff_events_total",
-                    "Adaptive backoff steps per shaping rule and source (suspend, slow, restore).",
+                    "Shaping events per rule and source: backoff steps (suspend, slow, "
+                    "restore) and throttle (mail waited for the message rate).",
                     MetricType::kCounter,
                     {"rule", "source", "action"}});
   f_.loop_lag = add({"mta_shard_loop_lag_seconds",
@@ -152,6 +152,10 @@ Telemetry::Telemetry(uint32_t top_destinations, metrics::EventLog* events)
                             {}});
   scrape_cells_ = registry_.NewCells();
   admin_cells_ = registry_.NewCells();
+  // Series that exist from the start, so that rate() sees their first increment.
+  for (const char* action : {"suspend", "resume", "retry", "bounce", "reload"}) {
+    admin_cells_->Get(*f_.admin_actions, {action});
+  }
 }
 
 void Telemetry::AdminAction(absl::string_view action, absl::string_view target,

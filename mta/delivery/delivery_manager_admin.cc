@@ -1,5 +1,6 @@
 // DeliveryManager: the administrative views and actions behind the admin API.
-#include <map>
+#include <climits>
+#include <utility>
 
 #include "mta/delivery/delivery_manager.h"
 
@@ -31,15 +32,23 @@ void DeliveryManager::ForEachJob(
 }
 
 std::vector<DeliveryManager::QueueRow> DeliveryManager::QueueSummary() const {
-  std::map<std::pair<std::string, std::string>, QueueRow> rows;
+  // Runs every few seconds for the metrics over every waiting job: no allocation per job.
+  // Jobs come in runs of one domain and stream, so the row is looked up only when the
+  // previous job's does not match.
+  std::vector<QueueRow> rows;
+  absl::flat_hash_map<std::pair<std::string, std::string>, size_t> index;
+  size_t last = SIZE_MAX;
   ForEachJob({}, [&](const Job& job, absl::string_view state, absl::Time) {
     const queue::Envelope& env = job.message->envelope;
-    QueueRow& row = rows[{job.domain, env.stream}];
-    if (row.domain.empty()) {
-      row.domain = job.domain;
-      row.stream = env.stream;
-      row.oldest_received_ms = env.received_ms;
+    if (last == SIZE_MAX || rows[last].domain != job.domain || rows[last].stream != env.stream) {
+      auto [it, inserted] = index.try_emplace({job.domain, env.stream}, rows.size());
+      if (inserted) {
+        rows.push_back(
+            {.domain = job.domain, .stream = env.stream, .oldest_received_ms = env.received_ms});
+      }
+      last = it->second;
     }
+    QueueRow& row = rows[last];
     uint64_t n = job.recipients.size();
     if (state == "ready") {
       row.ready += n;
@@ -50,9 +59,7 @@ std::vector<DeliveryManager::QueueRow> DeliveryManager::QueueSummary() const {
     }
     row.oldest_received_ms = std::min(row.oldest_received_ms, env.received_ms);
   });
-  std::vector<QueueRow> out;
-  for (auto& [key, row] : rows) out.push_back(std::move(row));
-  return out;
+  return rows;
 }
 
 size_t DeliveryManager::RetryNow(const JobFilter& filter) {

@@ -247,6 +247,27 @@ std::deque<Job>& DeliveryManager::QueueOf(Destination& site, const Job& job) {
   return it->jobs;
 }
 
+void DeliveryManager::Reroute(std::shared_ptr<std::vector<Job>> jobs, size_t from, absl::Time now) {
+  // In slices: a resumed backlog of a million jobs must not stall the loop for seconds.
+  constexpr size_t kSlice = 2048;
+  size_t end = std::min(jobs->size(), from + kSlice);
+  for (size_t i = from; i < end; ++i) {
+    Job& job = (*jobs)[i];
+    uint32_t owner = OwnerOf(job.domain, num_shards_);
+    if (owner == shard_) {
+      AddJob(std::move(job), now);
+    } else {
+      post_(owner, [job = std::move(job), now](DeliveryManager& m) mutable {
+        m.AddJob(std::move(job), now);
+      });
+    }
+  }
+  if (end < jobs->size()) {
+    loop_->Post(
+        [this, jobs = std::move(jobs), end, now]() mutable { Reroute(std::move(jobs), end, now); });
+  }
+}
+
 void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
   // Budgets point into the old policy until they are moved over below.
   std::shared_ptr<const TrafficPolicy> old = std::exchange(policy_, std::move(policy));
@@ -257,35 +278,27 @@ void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
     budget->rule = rule != nullptr ? rule : &policy_->default_rule;
     for (auto& [source, lane] : budget->lanes) ConfigureBucket(*budget, lane);
   }
-  std::vector<Job> reroute = std::move(parked_);
+  auto reroute = std::make_shared<std::vector<Job>>(std::move(parked_));
   parked_.clear();
   for (auto& [key, site] : destinations_) {
     // Re-sort by the new priorities, and send what is now suspended back to be parked.
     for (auto& q : site->queues) {
       q.priority = policy_->StreamFor(q.stream).priority;
-      for (auto it = q.jobs.begin(); it != q.jobs.end();) {
-        if (Suspended(*it, site->budget->rule->name)) {
-          reroute.push_back(std::move(*it));
-          it = q.jobs.erase(it);
+      std::deque<Job> kept;
+      for (Job& job : q.jobs) {
+        if (Suspended(job, site->budget->rule->name)) {
+          reroute->push_back(std::move(job));
           --site->ready;
         } else {
-          ++it;
+          kept.push_back(std::move(job));
         }
       }
+      q.jobs.swap(kept);
     }
     std::stable_sort(site->queues.begin(), site->queues.end(),
                      [](const auto& a, const auto& b) { return a.priority > b.priority; });
   }
-  for (Job& job : reroute) {
-    uint32_t owner = OwnerOf(job.domain, num_shards_);
-    if (owner == shard_) {
-      AddJob(std::move(job), now);
-    } else {
-      post_(owner, [job = std::move(job), now](DeliveryManager& m) mutable {
-        m.AddJob(std::move(job), now);
-      });
-    }
-  }
+  Reroute(std::move(reroute), 0, now);
   for (auto& [key, budget] : budgets_) Pump(*budget);
 }
 

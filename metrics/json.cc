@@ -33,7 +33,18 @@ size_t Utf8Length(absl::string_view s, size_t i) {
 
 void AppendJsonString(std::string* out, absl::string_view s) {
   out->push_back('"');
-  for (size_t i = 0; i < s.size();) {
+  size_t i = 0;
+  while (i < s.size()) {
+    // Runs of printable ASCII other than '"' and '\\' are copied as they are, in one go.
+    size_t run = i;
+    while (run < s.size()) {
+      unsigned char c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c >= 0x7F || c == '"' || c == '\\') break;
+      ++run;
+    }
+    out->append(s.data() + i, run - i);
+    i = run;
+    if (i == s.size()) break;
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       size_t n = Utf8Length(s, i);
@@ -63,23 +74,22 @@ void AppendJsonString(std::string* out, absl::string_view s) {
       case '\t':
         out->append("\\t");
         break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out->append(buf);
-        } else {
-          out->push_back(static_cast<char>(c));
-        }
+      default: {  // the other controls and DEL
+        char buf[8];
+        std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+        out->append(buf);
+      }
     }
   }
   out->push_back('"');
 }
 
 void JsonObject::Key(absl::string_view key) {
+  // Keys are the caller's literals: plain ASCII names that need no escaping.
   if (out_.size() > 1) out_.push_back(',');
-  AppendJsonString(&out_, key);
-  out_.push_back(':');
+  out_.push_back('"');
+  out_.append(key.data(), key.size());
+  out_.append("\":", 2);
 }
 
 JsonObject& JsonObject::Str(absl::string_view key, absl::string_view value) {
@@ -100,9 +110,7 @@ JsonObject& JsonObject::Int(absl::string_view key, int64_t value) {
 
 JsonObject& JsonObject::Num(absl::string_view key, double value) {
   Key(key);
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.6g", value);
-  out_.append(buf);
+  absl::StrAppend(&out_, value);  // six significant digits, like %g
   return *this;
 }
 

@@ -15,10 +15,16 @@ namespace mta::metrics {
  */
 void AppendJsonString(std::string* out, absl::string_view s);
 
-/** Builds one JSON object field by field: {"a":"x","b":1}. */
+/**
+ * Builds one JSON object field by field: {"a":"x","b":1}. Keys are written as given (use
+ * plain ASCII names); values are escaped.
+ */
 class JsonObject {
  public:
-  JsonObject() { out_.push_back('{'); }
+  JsonObject() {
+    out_.reserve(512);  // an event line, without regrowing
+    out_.push_back('{');
+  }
   JsonObject& Str(absl::string_view key, absl::string_view value);
   /** Like Str, but omits the field when `value` is empty. */
   JsonObject& StrIfSet(absl::string_view key, absl::string_view value);

@@ -57,8 +57,9 @@ void ShardTelemetry::MessageReceived(const queue::Envelope& env, absl::string_vi
     metrics::AppendJsonString(&rcpts, env.recipients[i].address);
   }
   rcpts.push_back(']');
+  char time[kEventTimeSize];
   events->Append(metrics::JsonObject()
-                     .Str("time", EventTime(now))
+                     .Str("time", absl::string_view(time, FormatEventTime(now, time)))
                      .Str("type", "reception")
                      .Str("id", env.id)
                      .Str("sender", env.sender)
@@ -164,14 +165,17 @@ void ShardTelemetry::OnOutcome(const delivery::OutcomeReport& r) {
   if (events == nullptr) return;
   // The reply text without its code and enhanced status (they have their own fields).
   absl::string_view text = res.diagnostic;
-  if (res.code != 0 && text.size() > 4 && text.substr(0, 3) == absl::StrCat(res.code)) {
+  const int code = static_cast<int>(res.code);
+  if (code >= 100 && code <= 999 && text.size() > 4 && text[0] == '0' + code / 100 &&
+      text[1] == '0' + code / 10 % 10 && text[2] == '0' + code % 10) {
     text.remove_prefix(4);
     if (!res.status.empty() && absl::StartsWith(text, res.status)) {
       text.remove_prefix(std::min(text.size(), res.status.size() + 1));
     }
   }
+  char time[kEventTimeSize];
   metrics::JsonObject e;
-  e.Str("time", EventTime(r.now))
+  e.Str("time", absl::string_view(time, FormatEventTime(r.now, time)))
       .Str("type", OutcomeType(r.outcome))
       .Str("id", env.id)
       .Str("sender", env.sender)
@@ -199,8 +203,9 @@ void ShardTelemetry::OnBackoff(absl::string_view rule, absl::string_view source,
   cells_->Get(*f_.backoff, {rule, source, action}).Add(1);
   metrics::EventLog* events = t_->events();
   if (events == nullptr || action == "throttle") return;  // routine: counted only
+  char time[kEventTimeSize];
   events->Append(metrics::JsonObject()
-                     .Str("time", EventTime(absl::Now()))
+                     .Str("time", absl::string_view(time, FormatEventTime(absl::Now(), time)))
                      .Str("type", "backoff")
                      .Str("rule", rule)
                      .StrIfSet("source", source)

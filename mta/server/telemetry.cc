@@ -1,5 +1,8 @@
 #include "mta/server/telemetry.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "metrics/json.h"
 
@@ -11,26 +14,32 @@ using metrics::MetricType;
 
 }  // namespace
 
-std::string EventTime(absl::Time t) {
+size_t FormatEventTime(absl::Time t, char* buf) {
   // Formatting a civil time is slow next to the rest of an event: each thread keeps the
   // text of the current second and appends the milliseconds.
   thread_local int64_t cached_second = INT64_MIN;
-  thread_local std::string cached;
+  thread_local char cached[20];  // "2026-12-04T22:34:23"
   int64_t ms = absl::ToUnixMillis(t);
   int64_t second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
   if (second != cached_second) {
     cached_second = second;
-    cached =
+    std::string text =
         absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(second), absl::UTCTimeZone());
+    std::memcpy(cached, text.data(), std::min(text.size(), sizeof(cached)));
   }
   int milli = static_cast<int>(ms - second * 1000);
-  std::string out = cached;
-  out.push_back('.');
-  out.push_back(static_cast<char>('0' + milli / 100));
-  out.push_back(static_cast<char>('0' + milli / 10 % 10));
-  out.push_back(static_cast<char>('0' + milli % 10));
-  out.push_back('Z');
-  return out;
+  std::memcpy(buf, cached, 19);
+  buf[19] = '.';
+  buf[20] = static_cast<char>('0' + milli / 100);
+  buf[21] = static_cast<char>('0' + milli / 10 % 10);
+  buf[22] = static_cast<char>('0' + milli % 10);
+  buf[23] = 'Z';
+  return kEventTimeSize;
+}
+
+std::string EventTime(absl::Time t) {
+  char buf[kEventTimeSize];
+  return std::string(buf, FormatEventTime(t, buf));
 }
 
 Telemetry::Telemetry(uint32_t top_destinations, metrics::EventLog* events)

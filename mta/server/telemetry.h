@@ -82,6 +82,9 @@ class Telemetry {
 
 /** RFC 3339 UTC with milliseconds, e.g. "2026-12-04T22:34:23.123Z". */
 std::string EventTime(absl::Time t);
+/** The same into `buf` (at least kEventTimeSize bytes); returns kEventTimeSize. */
+inline constexpr size_t kEventTimeSize = 24;
+size_t FormatEventTime(absl::Time t, char* buf);
 
 }  // namespace mta::server
 

@@ -9,9 +9,9 @@
 namespace mta::server {
 namespace {
 
-std::string ReplyClass(int code) {
-  if (code < 200 || code > 599) return "other";
-  return absl::StrCat(code / 100, "xx");
+const char* ReplyClass(int code) {
+  static constexpr const char* kClasses[] = {"2xx", "3xx", "4xx", "5xx"};
+  return code < 200 || code > 599 ? "other" : kClasses[code / 100 - 2];
 }
 
 const char* OutcomeType(delivery::Outcome o) {

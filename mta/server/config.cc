@@ -590,6 +590,7 @@ absl::StatusOr<Config> ParseConfig(absl::string_view yaml, absl::string_view sou
   RETURN_IF_ERROR(events.String("directory", &c.events_directory));
   RETURN_IF_ERROR(events.Int("max_file_mb", 1, 1ull << 20, &c.events_max_file_mb));
   RETURN_IF_ERROR(events.Int("max_files", 1, 100000, &c.events_max_files));
+  RETURN_IF_ERROR(events.Bool("fsync", &c.events_fsync));
   MapReader webhook(events.Get("webhook"), "events.webhook", source);
   RETURN_IF_ERROR(webhook.Check());
   RETURN_IF_ERROR(webhook.String("url", &c.events_webhook_url));

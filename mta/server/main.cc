@@ -167,8 +167,8 @@ void ReloadDkimKeys(const Config& running, DkimSigningService* dkim) {
 }
 
 // SIGHUP: the traffic policy (egress sources and pools, streams, shaping rules,
-// suspensions and bounce rules) is re-read and handed to every shard; queued mail stays queued. Other
-// settings need a restart, which is logged when they changed.
+// suspensions and bounce rules) is re-read and handed to every shard; queued mail stays queued.
+// Other settings need a restart, which is logged when they changed.
 void CopyReloadable(const Config& from, Config* to) {
   to->sources = from.sources;
   to->pools = from.pools;
@@ -350,6 +350,7 @@ int Run(int argc, char** argv) {
     o.directory = config.events_directory;
     o.max_file_bytes = config.events_max_file_mb << 20;
     o.max_files = config.events_max_files;
+    o.fsync = config.events_fsync;
     o.retain_for_webhook = !config.events_webhook_url.empty();
     o.webhook_backlog_max_bytes = config.events_webhook_max_backlog_mb << 20;
     auto log = metrics::EventLog::Open(o);
@@ -412,6 +413,13 @@ int Run(int argc, char** argv) {
     absl::Status s = shards.back()->Init();
     if (!s.ok()) return Fail(std::string(s.message()));
   }
+  // Admin suspensions (kept next to the spool) apply from the first moment: recovered mail
+  // for a suspended destination must not go out while the shards start.
+  std::string spool_dir = config.spool_path;
+  while (spool_dir.size() > 1 && spool_dir.back() == '/') spool_dir.pop_back();
+  PolicyControl policy_control(context.shards, spool_dir + "-admin-suspensions.json");
+  if (!policy_control.status().ok()) return Fail(std::string(policy_control.status().message()));
+  context.policy = policy_control.Adopt(context.policy);
 
   // SMTP AUTH. Declared after the shards so that it is destroyed first: its thread may still
   // post verdicts into their loops until then.
@@ -458,8 +466,6 @@ int Run(int argc, char** argv) {
     }
   }
   all_started.set_value();
-  PolicyControl policy_control(context.shards);
-  policy_control.SetBase(context.policy);
   AdminApiContext admin{.spool = spool->get(),
                         .shards = &shards,
                         .telemetry = &telemetry,

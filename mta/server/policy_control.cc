@@ -1,12 +1,69 @@
 #include "mta/server/policy_control.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "mta/base/log.h"
 #include "mta/server/shard.h"
+#include "nlohmann/json.hpp"
 
 namespace mta::server {
+
+PolicyControl::PolicyControl(std::vector<Shard*> shards, std::string state_file)
+    : shards_(std::move(shards)), state_file_(std::move(state_file)) {
+  if (state_file_.empty()) return;
+  std::ifstream in(state_file_);
+  if (!in) return;  // nothing suspended through the API yet
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) {
+    status_ = absl::DataLossError(absl::StrCat(state_file_, ": not a JSON object"));
+    return;
+  }
+  for (Kind kind : {Kind::kDestination, Kind::kSource, Kind::kStream}) {
+    const char* key = kind == Kind::kDestination ? "destinations"
+                      : kind == Kind::kSource    ? "sources"
+                                                 : "streams";
+    for (const auto& name : j.value(key, nlohmann::json::array())) {
+      if (name.is_string()) Overlay(kind).insert(name.get<std::string>());
+    }
+  }
+  MTA_LOG_INFO("admin suspensions from %s: %d destinations, %d sources, %d streams", state_file_,
+               destinations_.size(), sources_.size(), streams_.size());
+}
+
+absl::Status PolicyControl::SaveLocked() const {
+  if (state_file_.empty()) return absl::OkStatus();
+  nlohmann::json j = {
+      {"destinations", destinations_}, {"sources", sources_}, {"streams", streams_}};
+  std::string text = j.dump() + "\n";
+  std::string tmp = state_file_ + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+            ::fsync(fd) == 0;
+  int err = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), state_file_.c_str()) != 0) {
+    return absl::ErrnoToStatus(ok ? errno : err, absl::StrCat("writing ", state_file_));
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const delivery::TrafficPolicy> PolicyControl::Adopt(
+    std::shared_ptr<const delivery::TrafficPolicy> base) {
+  std::lock_guard<std::mutex> lock(mu_);
+  base_ = std::move(base);
+  MergeLocked();
+  return current_;
+}
 
 void PolicyControl::SetBase(std::shared_ptr<const delivery::TrafficPolicy> base) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -54,20 +111,24 @@ absl::Status PolicyControl::Set(Kind kind, const std::string& raw_name, bool sus
     Overlay(kind).erase(name);
   }
   PushLocked();
-  return absl::OkStatus();
+  return SaveLocked();
+}
+
+void PolicyControl::MergeLocked() {
+  if (destinations_.empty() && sources_.empty() && streams_.empty()) {
+    current_ = base_;
+    return;
+  }
+  auto merged = std::make_shared<delivery::TrafficPolicy>(*base_);
+  merged->suspended_destinations.insert(destinations_.begin(), destinations_.end());
+  merged->suspended_sources.insert(sources_.begin(), sources_.end());
+  merged->suspended_streams.insert(streams_.begin(), streams_.end());
+  merged->Index();
+  current_ = std::move(merged);
 }
 
 void PolicyControl::PushLocked() {
-  if (destinations_.empty() && sources_.empty() && streams_.empty()) {
-    current_ = base_;
-  } else {
-    auto merged = std::make_shared<delivery::TrafficPolicy>(*base_);
-    merged->suspended_destinations.insert(destinations_.begin(), destinations_.end());
-    merged->suspended_sources.insert(sources_.begin(), sources_.end());
-    merged->suspended_streams.insert(streams_.begin(), streams_.end());
-    merged->Index();
-    current_ = std::move(merged);
-  }
+  MergeLocked();
   for (Shard* shard : shards_) shard->ApplyPolicy(current_);
 }
 

@@ -217,6 +217,9 @@ def mtad_for(case, sinks, suspended):
                     {"name": "marketing", "priority": 0}],
         "shaping": {"default": {"max_connections": 5}},
     }
+    if ARGS.lane_rate:
+        # Per source x destination: the drain's pace (and the machine's headroom).
+        sections["shaping"]["default"]["max_message_rate"] = f"{ARGS.lane_rate}/s"
     if case == "separate":
         sections["egress"] = {
             "sources": [{"name": "tx1", "address": TX_SOURCE, "ehlo": "tx1.bench.test"},
@@ -420,6 +423,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--backlog", type=int, default=100000)
+    ap.add_argument("--lane-rate", type=int, default=0,
+                    help="shaping.default.max_message_rate per second (0 = none)")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rate", type=float, default=50)
     ap.add_argument("--settle", type=float, default=2,

@@ -54,7 +54,13 @@ MHD_Result Answer(void* cls, MHD_Connection* connection, const char* url, const 
     }
     request.client_ip = host;
   }
-  HttpResponse r = impl->handler(request);
+  HttpResponse r;
+  try {
+    r = impl->handler(request);
+  } catch (const std::exception& e) {
+    // Never let an exception unwind into libmicrohttpd's C code.
+    r = {.status = 500, .body = std::string("internal error: ") + e.what() + "\n"};
+  }
   MHD_Response* response =
       MHD_create_response_from_buffer(r.body.size(), r.body.data(), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;
@@ -79,8 +85,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HostPort& ad
   if (addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   server->impl_->daemon = MHD_start_daemon(
       flags, address.port, nullptr, nullptr, &Answer, server->impl_.get(), MHD_OPTION_SOCK_ADDR,
-      reinterpret_cast<sockaddr*>(&addr), MHD_OPTION_CONNECTION_LIMIT, 64u,
-      MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+      reinterpret_cast<sockaddr*>(&addr), MHD_OPTION_THREAD_POOL_SIZE, 4u,
+      MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
   if (server->impl_->daemon == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("http: cannot listen on ", address.host, ":",
                                                       address.port, " (address in use?)"));

@@ -27,14 +27,15 @@ struct HttpRequest {
 };
 
 /**
- * Called on the HTTP server's own thread (never a shard's) for every request; it must not
- * touch shard state except through thread-safe calls. Request bodies are discarded.
+ * Called on one of the HTTP server's threads (a pool of 4, never a shard's) for every request,
+ * possibly concurrently: it must be thread-safe and touch shard state only through
+ * thread-safe calls. Request bodies are discarded.
  */
 using HttpHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
 /**
  * An HTTP/1.1 server on libmicrohttpd (Debian's libmicrohttpd; no hand-written HTTP
- * parser) running its own polling thread, so requests never touch the shards' loops.
+ * parser) running its own threads, so requests never touch the shards' loops.
  */
 class HttpServer {
  public:

@@ -113,6 +113,7 @@ void DeliveryManager::AddJob(Job job, absl::Time due) {
   entry.due = due;
   entry.timer = loop_->AddTimer(due, [this, serial] {
     auto it = scheduled_jobs_.find(serial);
+    if (it == scheduled_jobs_.end()) return;  // cancelled or retried already
     Job job = std::move(it->second.job);
     scheduled_jobs_.erase(it);
     Route(std::move(job));
@@ -346,8 +347,9 @@ void DeliveryManager::Settle(Job job, std::vector<AttemptResult> results,
                       : expired                                 ? Outcome::kExpired
                                                                 : Outcome::kDeferred;
     BounceClass bounce_class = outcome == Outcome::kDelivered ? BounceClass::kNone
-                               : outcome == Outcome::kExpired
-                                   ? BounceClass::kExpired
+                               : outcome == Outcome::kExpired ? BounceClass::kExpired
+                               : r.cancelled
+                                   ? BounceClass::kOther
                                    : Classifier().Classify(r.code, r.status, r.diagnostic);
     d.bounce_class = BounceClassName(bounce_class);
     switch (r.kind) {

@@ -105,15 +105,16 @@ size_t DeliveryManager::Cancel(const JobFilter& filter, const std::string& reaso
     cancelled.push_back(std::move(it->second.job));
     scheduled_jobs_.erase(it++);
   }
-  std::erase_if(parked_, [&](Job& job) {
-    if (!filter.Matches(job)) return false;
-    cancelled.push_back(std::move(job));
-    return true;
-  });
+  std::vector<Job> still_parked;
+  for (Job& job : parked_) {
+    (filter.Matches(job) ? cancelled : still_parked).push_back(std::move(job));
+  }
+  parked_ = std::move(still_parked);
   size_t recipients = 0;
   AttemptResult result{.kind = AttemptResult::Kind::kBounced,
                        .status = "5.0.0",
-                       .diagnostic = absl::StrCat("cancelled by the administrator: ", reason)};
+                       .diagnostic = absl::StrCat("cancelled by the administrator: ", reason),
+                       .cancelled = true};
   for (Job& job : cancelled) {
     recipients += job.recipients.size();
     SettleAll(std::move(job), result);

@@ -47,6 +47,7 @@ struct AttemptResult {
   std::string remote_ip;    // address of remote_mta
   std::string source;       // egress source of the connection ("" = none)
   absl::Duration duration;  // the transaction, from taking the job to its last reply
+  bool cancelled = false;   // bounced by an administrator: class "other", never classified
 };
 
 }  // namespace mta::delivery

@@ -190,10 +190,9 @@ class Connection {
       last_error_ = Deferred("4.4.1", absl::StrCat("connect to ", peer_, ": ", why));
       return NextAddress();
     }
-    if (!counted_open_) {
-      counted_open_ = true;
-      if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, +1);
-    }
+    // Every established TCP connection counts (also the next address after a refusal).
+    counted_open_ = true;
+    if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, +1);
     smtp::ClientSessionOptions o;
     o.helo_name = source_.has_value() && !source_->ehlo.empty() ? source_->ehlo : ctx_->helo_name;
     o.use_chunking = true;  // BDAT when offered: no dot-stuffing, one round trip
@@ -344,6 +343,10 @@ class Connection {
 
   void CloseSocket() {
     if (fd_ < 0) return;
+    if (counted_open_) {
+      counted_open_ = false;
+      if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, -1);
+    }
     // Pending operations complete (with errors) after shutdown; the fd is closed once the
     // last of them has, so a recycled descriptor never sees a stale completion.
     ::shutdown(fd_, SHUT_RDWR);
@@ -630,9 +633,6 @@ class Connection {
     if (timer_ != 0) Loop()->CancelTimer(timer_);
     timer_ = 0;
     CloseSocket();
-    if (counted_open_) {
-      if (auto* o = ctx_->manager->observer()) o->OnOutboundConnection(source_name_, -1);
-    }
     ctx_->manager->ConnectionClosed(*dest_, source_name_);
     MaybeFinish();
   }
@@ -663,7 +663,7 @@ class Connection {
   uint16_t port_ = 25;
   std::string peer_;
   std::string peer_ip_;        // of peer_
-  bool counted_open_ = false;  // reported to the observer as open
+  bool counted_open_ = false;  // fd_ is connected and reported to the observer as open
   absl::Time job_started_ = absl::InfinitePast();
   std::optional<AttemptResult> last_error_;
 

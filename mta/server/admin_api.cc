@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <map>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -36,9 +38,12 @@ std::string Arg(const HttpRequest& r, const std::string& key) {
 
 bool Authorized(const AdminApiContext& c, const HttpRequest& r) {
   if (c.token.empty()) return true;
-  std::string expected = absl::StrCat("Bearer ", c.token);
-  return r.authorization.size() == expected.size() &&
-         CRYPTO_memcmp(r.authorization.data(), expected.data(), expected.size()) == 0;
+  // RFC 7235: the scheme is case-insensitive; the token is compared in constant time.
+  absl::string_view auth = r.authorization;
+  if (auth.size() < 7 || !absl::EqualsIgnoreCase(auth.substr(0, 7), "Bearer ")) return false;
+  auth.remove_prefix(7);
+  return auth.size() == c.token.size() &&
+         CRYPTO_memcmp(auth.data(), c.token.data(), c.token.size()) == 0;
 }
 
 delivery::DeliveryManager::JobFilter Filter(const HttpRequest& r) {
@@ -70,11 +75,9 @@ HttpResponse Queue(const AdminApiContext& c) {
       return m != nullptr ? m->QueueSummary() : std::vector<Row>();
     });
     for (Row& r : part) {
-      Row& sum = rows[{r.domain, r.stream}];
-      if (sum.domain.empty()) {
-        sum = std::move(r);
-        continue;
-      }
+      auto [it, inserted] = rows.try_emplace({r.domain, r.stream}, r);
+      if (inserted) continue;
+      Row& sum = it->second;
       sum.ready += r.ready;
       sum.scheduled += r.scheduled;
       sum.suspended += r.suspended;
@@ -133,11 +136,18 @@ HttpResponse Messages(const AdminApiContext& c, const HttpRequest& r, bool one) 
     auto part = shard->Run<std::vector<RecipientView>>([&](delivery::DeliveryManager* m) {
       std::vector<RecipientView> out;
       if (m == nullptr) return out;
-      std::map<std::string, bool> ids;
+      // The `limit` oldest messages (ids sort by arrival) that wait on this shard, then
+      // all of their recipients here: the merged list is then exactly the oldest overall.
+      std::set<std::string> ids;
+      m->ForEachJob(filter, [&](const delivery::Job& job, absl::string_view, absl::Time) {
+        const std::string& id = job.message->envelope.id;
+        if (ids.size() == limit && id >= *ids.rbegin()) return;
+        ids.insert(id);
+        if (ids.size() > limit) ids.erase(std::prev(ids.end()));
+      });
       m->ForEachJob(filter, [&](const delivery::Job& job, absl::string_view state, absl::Time due) {
         const queue::Envelope& env = job.message->envelope;
-        if (!ids.contains(env.id) && ids.size() >= limit) return;
-        ids[env.id] = true;
+        if (!ids.contains(env.id)) return;
         for (uint32_t i : job.recipients) {
           out.push_back({.id = env.id,
                          .sender = env.sender,
@@ -214,7 +224,13 @@ HttpResponse Suspend(const AdminApiContext& c, const HttpRequest& r, bool suspen
   }
   if (targets.size() != 1) return Error(400, "name exactly one of destination, source or stream");
   absl::Status s = c.policy->Set(targets[0].first, targets[0].second, suspend);
-  if (!s.ok()) return Error(absl::IsNotFound(s) ? 404 : 409, s.message());
+  if (!s.ok()) {
+    int status = absl::IsNotFound(s)             ? 404
+                 : absl::IsInvalidArgument(s)    ? 400
+                 : absl::IsFailedPrecondition(s) ? 409
+                                                 : 500;
+    return Error(status, s.message());
+  }
   const char* kind = targets[0].first == PolicyControl::Kind::kDestination ? "destination"
                      : targets[0].first == PolicyControl::Kind::kSource    ? "source"
                                                                            : "stream";

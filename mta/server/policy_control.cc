@@ -15,12 +15,27 @@
 #include "nlohmann/json.hpp"
 
 namespace mta::server {
+namespace {
+
+// ASCII letters, digits, '-', '_' and dots, at most 253 octets (IDNs as A-labels).
+bool IsDomainName(const std::string& name) {
+  return name.size() <= 253 && std::all_of(name.begin(), name.end(), [](unsigned char c) {
+           return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+         });
+}
+
+}  // namespace
 
 PolicyControl::PolicyControl(std::vector<Shard*> shards, std::string state_file)
     : shards_(std::move(shards)), state_file_(std::move(state_file)) {
   if (state_file_.empty()) return;
+  if (::access(state_file_.c_str(), F_OK) != 0 && errno == ENOENT) return;  // none yet
   std::ifstream in(state_file_);
-  if (!in) return;  // nothing suspended through the API yet
+  if (!in) {
+    // Unreadable is not "nothing suspended": that would release held mail.
+    status_ = absl::ErrnoToStatus(errno, absl::StrCat("reading ", state_file_));
+    return;
+  }
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
@@ -44,7 +59,7 @@ absl::Status PolicyControl::SaveLocked() const {
   if (state_file_.empty()) return absl::OkStatus();
   nlohmann::json j = {
       {"destinations", destinations_}, {"sources", sources_}, {"streams", streams_}};
-  std::string text = j.dump() + "\n";
+  std::string text = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::string tmp = state_file_ + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
@@ -52,7 +67,16 @@ absl::Status PolicyControl::SaveLocked() const {
   int err = errno;
   if (fd >= 0) ::close(fd);
   if (!ok || ::rename(tmp.c_str(), state_file_.c_str()) != 0) {
-    return absl::ErrnoToStatus(ok ? errno : err, absl::StrCat("writing ", state_file_));
+    int rename_errno = errno;
+    ::unlink(tmp.c_str());
+    return absl::ErrnoToStatus(ok ? rename_errno : err, absl::StrCat("writing ", state_file_));
+  }
+  // The rename itself must survive a power cut too.
+  std::string dir = state_file_.substr(0, state_file_.find_last_of('/') + 1);
+  int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
   }
   return absl::OkStatus();
 }
@@ -101,17 +125,28 @@ absl::Status PolicyControl::Set(Kind kind, const std::string& raw_name, bool sus
       break;
   }
   if (name.empty()) return absl::InvalidArgumentError("empty name");
+  if (kind == Kind::kDestination && p.RuleNamed(name) == nullptr && !IsDomainName(name)) {
+    return absl::InvalidArgumentError(
+        "a destination is a domain name (A-labels for IDNs) or a shaping rule's name");
+  }
   if (!suspend && configured->contains(name)) {
     return absl::FailedPreconditionError(
         absl::StrCat("'", name, "' is suspended by the configuration file: edit it and reload"));
   }
-  if (suspend) {
-    Overlay(kind).insert(name);
-  } else {
-    Overlay(kind).erase(name);
+  // Durable first: an answer of success means the suspension also survives a restart.
+  absl::btree_set<std::string>& overlay = Overlay(kind);
+  bool changed = suspend ? overlay.insert(name).second : overlay.erase(name) > 0;
+  if (!changed) return absl::OkStatus();
+  if (absl::Status saved = SaveLocked(); !saved.ok()) {
+    if (suspend) {
+      overlay.erase(name);
+    } else {
+      overlay.insert(name);
+    }
+    return absl::InternalError(saved.message());
   }
   PushLocked();
-  return SaveLocked();
+  return absl::OkStatus();
 }
 
 void PolicyControl::MergeLocked() {

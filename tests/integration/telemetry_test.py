@@ -814,6 +814,21 @@ class AdminApiTest(unittest.TestCase):
         wait_for(lambda: self.events(type="admin", action="retry", target="domain:defer.test"),
                  5, "the admin line for the retry")
 
+    def test_bad_admin_input_gets_a_clear_error(self):
+        port = self.mtad.http_port
+        for path in ("/api/v1/suspend?destination=%FF", "/api/v1/suspend?destination=a%20b",
+                     "/api/v1/suspend?destination=x&source=y", "/api/v1/suspend"):
+            status, body = http_request(port, "POST", path)
+            self.assertEqual(status, 400, (path, body))
+            self.assertIn("error", json.loads(body))
+        self.assertEqual(http_request(port, "POST", "/api/v1/suspend?source=nope")[0], 404)
+        self.assertEqual(http_request(port, "POST", "/api/v1/bounce?reason=x")[0], 400)
+        self.assertEqual(http_request(port, "GET", "/api/v1/messages?limit=-1")[0], 400)
+        self.assertEqual(http_request(port, "DELETE", "/api/v1/queue")[0], 405)
+        self.assertEqual(http_request(port, "GET", "/api/v1/nope")[0], 404)
+        self.assertEqual(api(self.mtad, "GET", "suspended")["destinations"], [])
+        self.assertEqual(http_request(port, "GET", "/healthz")[0], 200)  # still alive
+
     def test_suspend_holds_mail_and_resume_releases_it(self):
         suspended = api(self.mtad, "POST", "suspend", destination="hold.test")
         self.assertIn("hold.test", suspended["destinations"])

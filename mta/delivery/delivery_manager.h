@@ -239,6 +239,8 @@ class DeliveryManager {
   bool Suspended(const Job& job, const std::string& rule_name) const;
   void SettleAll(Job job, const AttemptResult& result);
   const BounceClassifier& Classifier() const;
+  /** Settles jobs[from..] with `result`, a slice per loop turn. */
+  void SettleSliced(std::shared_ptr<std::vector<Job>> jobs, size_t from, AttemptResult result);
   /** Routes jobs[from..] again (to their owner shards), a slice per loop turn. */
   void Reroute(std::shared_ptr<std::vector<Job>> jobs, size_t from, absl::Time now);
   /** The site's queue for the job's stream, created in priority order if missing. */

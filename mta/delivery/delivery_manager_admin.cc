@@ -63,21 +63,19 @@ std::vector<DeliveryManager::QueueRow> DeliveryManager::QueueSummary() const {
 }
 
 size_t DeliveryManager::RetryNow(const JobFilter& filter) {
-  std::vector<Job> due;
+  auto due = std::make_shared<std::vector<Job>>();
   for (auto it = scheduled_jobs_.begin(); it != scheduled_jobs_.end();) {
     if (!filter.Matches(it->second.job)) {
       ++it;
       continue;
     }
     loop_->CancelTimer(it->second.timer);
-    due.push_back(std::move(it->second.job));
+    due->push_back(std::move(it->second.job));
     scheduled_jobs_.erase(it++);
   }
   size_t recipients = 0;
-  for (Job& job : due) {
-    recipients += job.recipients.size();
-    Route(std::move(job));
-  }
+  for (const Job& job : *due) recipients += job.recipients.size();
+  Reroute(std::move(due), 0, loop_->Now());  // in slices: a whole backlog may be due
   return recipients;
 }
 
@@ -111,15 +109,26 @@ size_t DeliveryManager::Cancel(const JobFilter& filter, const std::string& reaso
   }
   parked_ = std::move(still_parked);
   size_t recipients = 0;
-  AttemptResult result{.kind = AttemptResult::Kind::kBounced,
-                       .status = "5.0.0",
-                       .diagnostic = absl::StrCat("cancelled by the administrator: ", reason),
-                       .cancelled = true};
-  for (Job& job : cancelled) {
-    recipients += job.recipients.size();
-    SettleAll(std::move(job), result);
-  }
+  for (const Job& job : cancelled) recipients += job.recipients.size();
+  SettleSliced(std::make_shared<std::vector<Job>>(std::move(cancelled)), 0,
+               {.kind = AttemptResult::Kind::kBounced,
+                .status = "5.0.0",
+                .diagnostic = absl::StrCat("cancelled by the administrator: ", reason),
+                .cancelled = true});
   return recipients;
+}
+
+void DeliveryManager::SettleSliced(std::shared_ptr<std::vector<Job>> jobs, size_t from,
+                                   AttemptResult result) {
+  // A slice per loop turn: cancelling a large backlog must not stall the loop.
+  constexpr size_t kSlice = 1024;
+  size_t end = std::min(jobs->size(), from + kSlice);
+  for (size_t i = from; i < end; ++i) SettleAll(std::move((*jobs)[i]), result);
+  if (end < jobs->size()) {
+    loop_->Post([this, jobs = std::move(jobs), end, result = std::move(result)]() mutable {
+      SettleSliced(std::move(jobs), end, std::move(result));
+    });
+  }
 }
 
 }  // namespace mta::delivery

@@ -611,9 +611,9 @@ absl::Status Shard::Start() {
     loop_ = *std::move(loop);
     if (context_->telemetry != nullptr) {
       telemetry_ = std::make_unique<ShardTelemetry>(context_->telemetry, index_);
-      absl::Time first = loop_->Now() + absl::Seconds(1);
-      loop_->AddTimer(first, [this, first] { TelemetryTick(first, 0); });
     }
+    absl::Time first = loop_->Now() + absl::Seconds(1);
+    loop_->AddTimer(first, [this, first] { Tick(first, 0); });
     if (context_->delivery_enabled) {
       absl::Status s = StartDelivery();
       if (!s.ok()) {
@@ -633,6 +633,7 @@ absl::Status Shard::Start() {
       }
       recovered_.clear();
       recovered_.shrink_to_fit();
+      queued_.store(delivery_->messages_at_home(), std::memory_order_relaxed);
     }
     for (auto& a : accepts_) a->Arm();
     loop_->Run();
@@ -838,19 +839,22 @@ void Shard::OnCommitted(uint64_t conn_id, absl::Status status,
   MaybeFinishShutdown();
 }
 
-void Shard::TelemetryTick(absl::Time deadline, uint64_t tick) {
-  // absl::Now(), not the loop's cached time: the lag is how late this timer runs.
-  telemetry_->LoopLag(std::max(absl::ZeroDuration(), absl::Now() - deadline));
-  if (tick % 2 == 0) {
-    if (delivery_ != nullptr) {
-      telemetry_->QueueGauges(delivery_->QueueSummary(), delivery_->messages_at_home(),
-                              loop_->Now());
-    } else {
-      telemetry_->QueueGauges({}, queue_.size(), loop_->Now());
+void Shard::Tick(absl::Time deadline, uint64_t tick) {
+  // Messages also leave the queue when their last recipient is settled: /healthz's count.
+  uint64_t at_home = delivery_ != nullptr ? delivery_->messages_at_home() : queue_.size();
+  queued_.store(at_home, std::memory_order_relaxed);
+  if (telemetry_ != nullptr) {
+    // absl::Now(), not the loop's cached time: the lag is how late this timer runs.
+    telemetry_->LoopLag(std::max(absl::ZeroDuration(), absl::Now() - deadline));
+    if (tick % 2 == 0) {
+      telemetry_->QueueGauges(delivery_ != nullptr
+                                  ? delivery_->QueueSummary()
+                                  : std::vector<delivery::DeliveryManager::QueueRow>(),
+                              at_home, loop_->Now());
     }
   }
   absl::Time next = loop_->Now() + absl::Seconds(1);
-  loop_->AddTimer(next, [this, next, tick] { TelemetryTick(next, tick + 1); });
+  loop_->AddTimer(next, [this, next, tick] { Tick(next, tick + 1); });
 }
 
 void Shard::Enqueue(queue::Envelope envelope, std::optional<std::string> content) {

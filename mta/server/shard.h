@@ -149,8 +149,8 @@ class Shard {
                              const std::string& user, absl::StatusOr<auth::AuthUser> result);
   absl::Status StartDelivery();
   void MaybeFinishShutdown();
-  // Every second: the loop lag, and (every other second) the queue gauges.
-  void TelemetryTick(absl::Time deadline, uint64_t tick);
+  // Every second: queued_, the loop lag and (every other second) the queue gauges.
+  void Tick(absl::Time deadline, uint64_t tick);
   void ShutdownOnLoop();
 
   const uint32_t index_;

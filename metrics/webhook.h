@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "metrics/event_log.h"
+#include "metrics/http_client.h"
 
 struct ssl_ctx_st;  // BoringSSL's SSL_CTX; kept out of this header
 
@@ -89,15 +90,9 @@ class WebhookShipper {
   /** Bytes from the cursor to the end of the log, as of the last poll. */
   uint64_t backlog_bytes() const { return backlog_bytes_.load(std::memory_order_relaxed); }
 
-  struct Url {
-    bool https = false;
-    std::string host;  // without brackets
-    uint16_t port = 0;
-    std::string path;         // with the query; "/" if empty
-    std::string host_header;  // host[:port] as the Host header wants it
-  };
+  using Url = HttpUrl;
   /** Parses http(s)://host[:port][/path]; exposed for tests. */
-  static absl::StatusOr<Url> ParseUrl(absl::string_view url);
+  static absl::StatusOr<Url> ParseUrl(absl::string_view url) { return ParseHttpUrl(url); }
 
  private:
   struct Position {

@@ -183,8 +183,8 @@ struct Config {
   std::string events_directory = "./var/events";  // "" = no event log
   uint64_t events_max_file_mb = 256;
   uint32_t events_max_files = 10;
-  bool events_fsync = false;  // fdatasync each written batch (machine crashes lose none)
-  std::string events_webhook_url;         // "" = no webhook
+  bool events_fsync = false;       // fdatasync each written batch (machine crashes lose none)
+  std::string events_webhook_url;  // "" = no webhook
   std::string events_webhook_token_file;  // Authorization: Bearer <first line>; "" = none
   uint32_t events_webhook_batch = 500;
   uint64_t events_webhook_max_backlog_mb = 1024;

@@ -1,9 +1,5 @@
-// mtactl's client for mtad's admin API: one plain-HTTP request per call.
-//
-// Written by hand: the admin API is plain HTTP/1.1 on (usually) loopback, and Debian's HTTP
-// client libraries would link OpenSSL 3 next to the BoringSSL the project uses (see
-// metrics/webhook.cc); a blocking request with `Connection: close` read to EOF is all a
-// command-line client needs.
+// mtactl's client for mtad's admin API: one plain-HTTP request per call, over
+// metrics/http_client (see there why it is hand-written).
 #ifndef TOOLS_MTACTL_ADMIN_CLIENT_H_
 #define TOOLS_MTACTL_ADMIN_CLIENT_H_
 

@@ -12,20 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "mta/base/log.h"
 #include "mta/server/shard.h"
+#include "mta/smtp/address.h"
 #include "nlohmann/json.hpp"
 
 namespace mta::server {
-namespace {
-
-// ASCII letters, digits, '-', '_' and dots, at most 253 octets (IDNs as A-labels).
-bool IsDomainName(const std::string& name) {
-  return name.size() <= 253 && std::all_of(name.begin(), name.end(), [](unsigned char c) {
-           return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
-         });
-}
-
-}  // namespace
-
 PolicyControl::PolicyControl(std::vector<Shard*> shards, std::string state_file)
     : shards_(std::move(shards)), state_file_(std::move(state_file)) {
   if (state_file_.empty()) return;
@@ -125,7 +115,8 @@ absl::Status PolicyControl::Set(Kind kind, const std::string& raw_name, bool sus
       break;
   }
   if (name.empty()) return absl::InvalidArgumentError("empty name");
-  if (kind == Kind::kDestination && p.RuleNamed(name) == nullptr && !IsDomainName(name)) {
+  if (kind == Kind::kDestination && p.RuleNamed(name) == nullptr &&
+      !smtp::IsValidDomain(name, /*allow_utf8=*/false)) {
     return absl::InvalidArgumentError(
         "a destination is a domain name (A-labels for IDNs) or a shaping rule's name");
   }

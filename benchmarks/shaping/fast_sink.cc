@@ -18,6 +18,7 @@
 // are not supported and are refused):
 //   fast_sink --listen HOST:PORT [--listen HOST:PORT ...] --out FILE [--no-content]
 //             [--hostname NAME] [--max-size BYTES] [--max-connections N] [--timeout SECONDS]
+//             [--reply-delay MS]
 // For each listening socket it prints {"event": "listening", "address": ..., "port": ...} to
 // stdout (port 0 picks a free port). SIGTERM or SIGINT stop it (exit status 0).
 //
@@ -36,6 +37,12 @@
 // - Whitespace in EHLO/HELO arguments and parameter lists is ASCII whitespace (Python's
 //   str.split()/strip() also treat non-ASCII spaces such as U+00A0 as whitespace).
 // - Greeting and HELP texts name fast_sink.
+// - --reply-delay MS (not in capture_sink.py) models a receiver that takes MS milliseconds
+//   (fractions allowed) to accept a message, as a real MX does when it commits the message to
+//   disk and runs its filters before its 250: the final reply to DATA or BDAT LAST goes out MS
+//   after the message is complete, the session reads nothing meanwhile (pipelined commands
+//   wait), and the record, timestamp included, is made when that reply goes out. The wait is
+//   a timer, not CPU.
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -59,6 +66,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -106,12 +114,13 @@ struct Options {
   uint64_t max_size = 50 * 1024 * 1024;
   std::optional<uint64_t> max_connections;
   double timeout_s = 300.0;
+  int64_t reply_delay_ns = 0;
 };
 
 constexpr char kUsage[] =
     "usage: fast_sink --listen HOST:PORT [--listen HOST:PORT ...] --out FILE [--no-content]\n"
     "                 [--hostname NAME] [--max-size BYTES] [--max-connections N]\n"
-    "                 [--timeout SECONDS]\n";
+    "                 [--timeout SECONDS] [--reply-delay MS]\n";
 
 [[noreturn]] void UsageError(const std::string& msg) {
   fprintf(stderr, "%sfast_sink: error: %s\n", kUsage, msg.c_str());
@@ -150,7 +159,7 @@ Options ParseArgs(int argc, char** argv) {
       UsageError(name + " is not supported by fast_sink; use tests/integration/capture_sink.py");
     }
     if (name != "--listen" && name != "--out" && name != "--hostname" && name != "--max-size" &&
-        name != "--max-connections" && name != "--timeout") {
+        name != "--max-connections" && name != "--timeout" && name != "--reply-delay") {
       UsageError("unrecognized argument " + name);
     }
     if (!value.has_value()) {
@@ -188,6 +197,13 @@ Options ParseArgs(int argc, char** argv) {
       if (v.empty() || *end != '\0' || !(o.timeout_s >= 0)) {
         UsageError("--timeout: invalid float value '" + v + "'");
       }
+    } else if (name == "--reply-delay") {
+      char* end = nullptr;
+      const double ms = strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(ms >= 0 && ms <= 60'000)) {
+        UsageError("--reply-delay: expected milliseconds in [0, 60000], got '" + v + "'");
+      }
+      o.reply_delay_ns = static_cast<int64_t>(ms * kNsPerMs);
     }
   }
   if (o.listen.empty() || o.out.empty()) {
@@ -224,6 +240,9 @@ struct Conn : EventSource {
 
   bool closing = false;  // reads nothing more; closed once `out` has gone out
   bool closed = false;
+  // A complete message whose final reply waits for --reply-delay (its transfer: DATA or
+  // BDAT); nothing more is read or processed until it has gone out.
+  std::optional<std::string_view> held;
   uint32_t interest = 0;  // epoll events registered
   int64_t last_input_ns = 0;
 
@@ -316,7 +335,11 @@ class Sink {
   void EndOfChunk(Conn& c);
   void StartContent(Conn& c);
   void AddContent(Conn& c, std::string_view bytes);
+  // Accepts the complete message now, or after --reply-delay.
+  void CompleteMessage(Conn& c, std::string_view transfer);
   void FinishMessage(Conn& c, std::string_view transfer);
+  // Accepts the held messages whose delay is over.
+  void ReleaseHeld(int64_t now_mono);
 
   static void Reply(Conn& c, std::string_view line) {
     c.out.append(line);
@@ -338,6 +361,8 @@ class Sink {
   uint64_t next_conn_id_ = 1;
   uint64_t concurrent_ = 0;
   bool stop_ = false;
+  // (release time, connection id) of held messages; one delay for all, so in time order.
+  std::deque<std::pair<int64_t, uint64_t>> held_;
 
   std::string records_;  // not yet written to record_fd_
   int64_t records_since_ns_ = 0;
@@ -428,9 +453,11 @@ void Sink::Run() {
     int64_t deadline = next_sweep;
     if (!records_.empty())
       deadline = std::min(deadline, records_since_ns_ + kRecordFlushIntervalNs);
-    const int timeout_ms =
-        static_cast<int>(std::max<int64_t>(0, (deadline - now + kNsPerMs - 1) / kNsPerMs));
-    const int n = epoll_wait(epoll_fd_, events, kMaxEvents, timeout_ms);
+    if (!held_.empty()) deadline = std::min(deadline, held_.front().first);
+    const int64_t timeout_ns = std::max<int64_t>(0, deadline - now);
+    // epoll_pwait2: a timeout finer than epoll_wait's milliseconds, for --reply-delay.
+    const timespec timeout{timeout_ns / kNsPerSecond, timeout_ns % kNsPerSecond};
+    const int n = epoll_pwait2(epoll_fd_, events, kMaxEvents, &timeout, nullptr);
     if (n < 0 && errno != EINTR) {
       Log(std::string("epoll_wait: ") + strerror(errno));
       break;
@@ -453,6 +480,7 @@ void Sink::Run() {
     }
     graveyard_.clear();
     now = ClockNs(CLOCK_MONOTONIC);
+    ReleaseHeld(now);
     if (now >= next_sweep) {
       Sweep(now);
       graveyard_.clear();
@@ -564,7 +592,7 @@ bool Sink::ReadInput(Conn& c, bool* eof) {
 }
 
 void Sink::Process(Conn& c) {
-  while (!c.closing && c.OutputPending() <= kOutputHighWater) {
+  while (!c.closing && !c.held.has_value() && c.OutputPending() <= kOutputHighWater) {
     std::string_view avail(c.in.data() + c.in_pos, c.in.size() - c.in_pos);
     if (c.mode == Conn::Mode::kBdatChunk) {
       if (c.chunk_remaining > 0) {
@@ -629,7 +657,7 @@ void Sink::AfterIo(Conn& c) {
     CloseConn(c);
     return;
   }
-  if (c.closing && c.OutputPending() == 0) {
+  if (c.closing && c.OutputPending() == 0 && !c.held.has_value()) {
     CloseConn(c);
     return;
   }
@@ -656,7 +684,9 @@ bool Sink::FlushOutput(Conn& c) {
 
 void Sink::UpdateInterest(Conn& c) {
   uint32_t want = 0;
-  if (!c.closing && c.OutputPending() <= kOutputHighWater) want |= EPOLLIN;
+  if (!c.closing && !c.held.has_value() && c.OutputPending() <= kOutputHighWater) {
+    want |= EPOLLIN;
+  }
   if (c.OutputPending() > 0) want |= EPOLLOUT;
   if (want == c.interest) return;
   epoll_event ev{};
@@ -848,7 +878,7 @@ void Sink::DataLine(Conn& c, std::string_view line) {
       c.ResetTransaction();
       return Reply(c, "552 5.3.4 Message size exceeds fixed limit");
     }
-    return FinishMessage(c, "DATA");
+    return CompleteMessage(c, "DATA");
   }
   // Dot-stuffing applies at line starts, which only CRLF makes (RFC 5321 4.5.2).
   if (c.data_prev_crlf && line.front() == '.') line.remove_prefix(1);
@@ -905,7 +935,7 @@ void Sink::EndOfChunk(Conn& c) {
     r += " octets received";
     return Reply(c, r);
   }
-  FinishMessage(c, "BDAT");
+  CompleteMessage(c, "BDAT");
 }
 
 void Sink::StartContent(Conn& c) {
@@ -918,6 +948,27 @@ void Sink::AddContent(Conn& c, std::string_view bytes) {
   SHA256_Update(&c.sha, bytes.data(), bytes.size());
   c.content_size += bytes.size();
   if (!o_.no_content) c.content.append(bytes);
+}
+
+void Sink::CompleteMessage(Conn& c, std::string_view transfer) {
+  if (o_.reply_delay_ns == 0) return FinishMessage(c, transfer);
+  c.held = transfer;
+  held_.emplace_back(ClockNs(CLOCK_MONOTONIC) + o_.reply_delay_ns, c.id);
+}
+
+void Sink::ReleaseHeld(int64_t now_mono) {
+  while (!held_.empty() && held_.front().first <= now_mono) {
+    const uint64_t id = held_.front().second;
+    held_.pop_front();
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;  // the client went away first: no 250, no record
+    Conn& c = *it->second;
+    FinishMessage(c, *c.held);
+    c.held.reset();
+    Process(c);  // what the client pipelined meanwhile
+    AfterIo(c);
+  }
+  graveyard_.clear();
 }
 
 void Sink::FinishMessage(Conn& c, std::string_view transfer) {

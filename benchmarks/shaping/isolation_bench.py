@@ -19,6 +19,8 @@ Cases (--cases):
   transactional mail from queueing behind the backlog;
 - separate: egress sources tx1 = 127.0.0.2 and bulk1 = 127.0.0.3, pools `tx` and `bulk`,
   one per stream: each source has its own 5 connections to the site;
+- reserved: as shared, with `reserved_connections: 1`: marketing keeps at most 4 of the 5
+  connections busy, the fifth waits (idle, connected) for transactional mail;
 - control (not in the default set): as shared, but the marketing goes to another domain,
   bulk.test, routed to a second sink process. Transactional mail shares only
   mtad (and the machine's 2 cores) with the drain, not the receiver: the difference to
@@ -36,17 +38,18 @@ Phases of one run of a case:
   waits for the whole backlog to arrive.
 
 Latency of a transactional message: the sink's timestamp for it (taken when it has the
-whole message, before its 250) minus the time the injecting client read mtad's 250 (both
-time.time() on this machine). Injection: 4 client threads on persistent connections,
-each message MAIL + RCPT + `BDAT n LAST` + 1 KB content in one write, paced by an
-absolute schedule. For B the run checks the backlog was still draining when the last
+whole message, before its 250; with --reply-delay when its 250 goes out) minus the time
+the injecting client read mtad's 250 (both time.time() on this machine). Injection: 4
+client threads on persistent connections, each message MAIL + RCPT + `BDAT n LAST` + 1 KB
+content in one write, paced by an absolute schedule. For B the run checks the backlog was still draining when the last
 transactional message arrived, and reports how much of it the sink had not yet received
 at that moment ("undelivered"). --runs (3) runs of each phase per case; medians are
 reported, and the section "Transactional isolation" of benchmarks/RESULTS.md is replaced
 (unless --no-results; a run with other --cases than the default writes its own section).
 
 usage: benchmarks/shaping/isolation_bench.py [--runs 3] [--backlog 100000] [--seconds 20]
-           [--rate 50] [--cases shared,separate] [--sink fast|python]
+           [--rate 50] [--cases shared,reserved,separate] [--sink fast|python]
+           [--reply-delay MS] [--lane-rate N]
 """
 
 import argparse
@@ -72,7 +75,7 @@ import harness  # noqa: E402
 DEST = "dest.test"
 BULK_DEST = "bulk.test"  # the control case's marketing destination
 BUSY = "; OTHER TESTS RAN MEANWHILE"
-DEFAULT_CASES = "shared,separate"
+DEFAULT_CASES = "shared,reserved,separate"
 TX_SOURCE, BULK_SOURCE = "127.0.0.2", "127.0.0.3"
 FAST_SINK_TARGET = "benchmarks/shaping/fast_sink"
 FAST_SINK = None  # the private copy, once snapshot_fast_sink() has run
@@ -109,7 +112,7 @@ class FastSink(common.CaptureSink):
         self.on_message = on_message
         self.proc = subprocess.Popen(
             [FAST_SINK, "--listen", f"{address}:0", "--out", self.out, "--no-content",
-             "--timeout", "600"],
+             "--timeout", "600", "--reply-delay", str(ARGS.reply_delay)],
             stdout=subprocess.PIPE, stderr=self.err, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -220,6 +223,8 @@ def mtad_for(case, sinks, suspended):
     if ARGS.lane_rate:
         # Per source x destination: the drain's pace (and the machine's headroom).
         sections["shaping"]["default"]["max_message_rate"] = f"{ARGS.lane_rate}/s"
+    if case == "reserved":
+        sections["shaping"]["default"]["reserved_connections"] = 1
     if case == "separate":
         sections["egress"] = {
             "sources": [{"name": "tx1", "address": TX_SOURCE, "ehlo": "tx1.bench.test"},
@@ -306,6 +311,9 @@ def tx_phase(m, sink, tracker):
     negative = sum(1 for r, t in acked.items() if r in tracker.tx and tracker.tx[r] < t)
     last_delivery = max((tracker.tx[r] for r in acked if r in tracker.tx), default=last_ack)
     waits, owns, after_mk = tracker.decompose(acked)
+    # The five slowest, as (ms, seconds after the first 250): a stall shows as a cluster.
+    slowest = sorted(((tracker.tx[r] - t) * 1000, t - first_ack) for r, t in acked.items()
+                     if r in tracker.tx)[-5:]
     secs = cpu1[0] - cpu0[0]
     return {"sent": len(acked), "refused": len(refused), "missing": len(missing),
             "late": late, "lat": lat, "negative": negative, "first_ack": first_ack,
@@ -314,7 +322,7 @@ def tx_phase(m, sink, tracker):
             "p99": common.pct(lat, 99), "max": lat[-1] if lat else float("nan"),
             "wait_p50": common.pct(waits, 50), "wait_p99": common.pct(waits, 99),
             "own_p50": common.pct(owns, 50), "own_p99": common.pct(owns, 99),
-            "after_mk": after_mk,
+            "after_mk": after_mk, "slowest": slowest[::-1],
             "mk_txn_ms": tracker.mk_transaction_ms(first_ack, last_delivery),
             "mtad_cpu": 100 * (cpu1[1] - cpu0[1]) / hz / secs,
             "sink_cpu": 100 * (cpu1[2] - cpu0[2]) / hz / secs}
@@ -415,7 +423,8 @@ def fmt_a(r):
             f"transaction in flight p50/p99 {r['wait_p50']:.1f}/{r['wait_p99']:.1f} ms, the "
             f"rest {r['own_p50']:.1f}/{r['own_p99']:.1f} ms; {r['after_mk']} right after a "
             f"marketing message on their connection; CPU during tx: mtad {r['mtad_cpu']:.0f}%,"
-            f" sink {r['sink_cpu']:.0f}%]")
+            f" sink {r['sink_cpu']:.0f}%; slowest (ms @ s): "
+            + ", ".join(f"{ms:.1f} @ {at:.2f}" for ms, at in r["slowest"]) + "]")
 
 
 def main():
@@ -430,7 +439,7 @@ def main():
     ap.add_argument("--settle", type=float, default=2,
                     help="seconds of marketing arrivals before transactional injection")
     ap.add_argument("--cases", default=DEFAULT_CASES,
-                    help="comma-separated: shared, separate, control")
+                    help="comma-separated: shared, reserved, separate, control")
     ap.add_argument("--shards", type=int, default=os.cpu_count())
     ap.add_argument("--max-bodies", type=int, default=0,
                     help="spool.max_bodies_in_memory for mtad (0: mtad's default, 10000)")
@@ -441,10 +450,16 @@ def main():
                     help="the receiver: fast_sink (bazel-bin, or $FAST_SINK) or "
                          "tests/integration/capture_sink.py (Python; its CPU use on 2 cores "
                          "inflates the latencies)")
+    ap.add_argument("--reply-delay", type=float, default=0,
+                    help="milliseconds fast_sink takes to accept each message (its 250 after "
+                         "the content; a timer, no CPU): a receiver that commits the message "
+                         "before answering, as real MX hosts do (0: answer at once)")
     ap.add_argument("--no-results", action="store_true", help="do not edit RESULTS.md")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for other test runs (shaping_test, bazel test) to end")
     ARGS = ap.parse_args()
+    if ARGS.reply_delay and ARGS.sink != "fast":
+        ap.error("--reply-delay needs --sink fast")
     cases = [c for c in ARGS.cases.split(",") if c]
     command = common.command_line("isolation_bench.py")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -455,6 +470,10 @@ def main():
         sink_text = ("`fast_sink` (benchmarks/shaping/fast_sink.cc: C++, one epoll thread, "
                      "capture_sink.py's records written on tmpfs at least every 50 ms, "
                      "timestamp per message taken before its `250`)")
+        if ARGS.reply_delay:
+            sink_text += (f" that answers each message's content {ARGS.reply_delay:g} ms after "
+                          f"it has all of it (`--reply-delay`: the session waits on a timer, "
+                          f"then the record and its timestamp are made and the `250` is sent)")
     else:
         sink_note = "sink tests/integration/capture_sink.py"
         sink_text = ("`capture_sink.py --no-content` (Python asyncio, JSON lines on tmpfs, "
@@ -553,7 +572,9 @@ Setup: mtad `--shards {ARGS.shards}` (fsync on, fresh spool per phase), streams
 transactional, stream_header: X-Stream`, `delivery.routes: [{{domain: {DEST}, host:
 127.0.0.1, port: SINK, tls: none}}]`, `shaping.default.max_connections: 5`. One
 {sink_text} receives everything. Case **shared**: no pools, both streams compete for the
-same 5 connections (only stream priority separates them). Case **separate**: pools `tx`
+same 5 connections (only stream priority separates them). Case **reserved**: as shared, with
+`reserved_connections: 1` (marketing keeps at most 4 of the 5 connections busy; the fifth
+waits, connected, for transactional mail). Case **separate**: pools `tx`
 (source 127.0.0.2) and `bulk` (127.0.0.3), one per stream, 5 connections each. Case
 **control**: as shared, but the marketing is for another domain, `bulk.test`, routed to
 a second sink process: transactional mail shares mtad and the 2 cores with the
@@ -592,6 +613,8 @@ end).
     title = "Transactional isolation under a marketing backlog (issue 4)"
     if cases != DEFAULT_CASES.split(","):
         title += f": cases {', '.join(cases)}"
+    if ARGS.reply_delay:
+        title += f", receiver answering in {ARGS.reply_delay:g} ms"
     common.replace_section(title, body)
     print(f"updated {common.RESULTS}")
 

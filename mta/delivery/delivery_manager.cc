@@ -108,6 +108,7 @@ void DeliveryManager::AddJob(Job job, absl::Time due) {
   due = std::min(due, expiry);
   if (due <= loop_->Now()) return Route(std::move(job));
   uint64_t serial = next_scheduled_++;
+  tally_.Add(job, QueueTally::State::kScheduled);
   ScheduledJob& entry = scheduled_jobs_[serial];
   entry.job = std::move(job);
   entry.due = due;
@@ -116,6 +117,7 @@ void DeliveryManager::AddJob(Job job, absl::Time due) {
     if (it == scheduled_jobs_.end()) return;  // cancelled or retried already
     Job job = std::move(it->second.job);
     scheduled_jobs_.erase(it);
+    tally_.Remove(job, QueueTally::State::kScheduled);
     Route(std::move(job));
   });
 }
@@ -135,6 +137,7 @@ void DeliveryManager::Route(Job job) {
     for (const SiteHost& h : hosts) names.push_back(h.host);
     const ShapingRule& rule = policy_->RuleFor(job.domain, names);
     if (Suspended(job, rule.name)) {
+      tally_.Add(job, QueueTally::State::kSuspended);
       parked_.push_back(std::move(job));
       return;
     }
@@ -227,9 +230,11 @@ void DeliveryManager::AddToSite(const std::string& key, const std::string& budge
   Destination& site = *slot;
   if (Suspended(job, site.budget->rule->name)) {
     // Routed under a policy another shard had not replaced yet.
+    tally_.Add(job, QueueTally::State::kSuspended);
     parked_.push_back(std::move(job));
     return;
   }
+  tally_.Add(job, QueueTally::State::kReady);
   QueueOf(site, job).push_back(std::move(job));
   ++site.ready;
   PumpSite(site);
@@ -279,6 +284,7 @@ void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
     budget->rule = rule != nullptr ? rule : &policy_->default_rule;
     for (auto& [source, lane] : budget->lanes) ConfigureBucket(*budget, lane);
   }
+  for (const Job& job : parked_) tally_.Remove(job, QueueTally::State::kSuspended);
   auto reroute = std::make_shared<std::vector<Job>>(std::move(parked_));
   parked_.clear();
   for (auto& [key, site] : destinations_) {
@@ -288,6 +294,7 @@ void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
       std::deque<Job> kept;
       for (Job& job : q.jobs) {
         if (Suspended(job, site->budget->rule->name)) {
+          tally_.Remove(job, QueueTally::State::kReady);
           reroute->push_back(std::move(job));
           --site->ready;
         } else {
@@ -563,6 +570,7 @@ void DeliveryManager::Watchdog() {
         Job job = std::move(*it);
         it = q.jobs.erase(it);
         --site->ready;
+        tally_.Remove(job, QueueTally::State::kReady);
         std::string last_error = job.last_error;
         SettleAll(
             std::move(job),
@@ -575,6 +583,7 @@ void DeliveryManager::Watchdog() {
   for (Job& job : parked_) {
     const queue::RetryPolicy& r = policy_->StreamFor(job.message->envelope.stream).retry;
     bool gone = queue::Expired(r, absl::FromUnixMillis(job.message->envelope.received_ms), now);
+    if (gone) tally_.Remove(job, QueueTally::State::kSuspended);
     (gone ? expired : waiting).push_back(std::move(job));
   }
   parked_ = std::move(waiting);

@@ -19,6 +19,7 @@
 #include "mta/delivery/delivery_observer.h"
 #include "mta/delivery/delivery_types.h"
 #include "mta/delivery/dsn.h"
+#include "mta/delivery/queue_tally.h"
 #include "mta/delivery/route.h"
 #include "mta/delivery/token_bucket.h"
 #include "mta/delivery/traffic_policy.h"
@@ -58,6 +59,7 @@ struct Destination;
  */
 struct Lane {
   uint32_t connections = 0;  // open or opening
+  uint32_t lower_busy = 0;   // connections carrying a job of a stream below the top priority
   TokenBucket bucket;
   double throttle = 1.0;
   absl::Time suspended_until = absl::InfinitePast();
@@ -198,14 +200,9 @@ class DeliveryManager {
     std::string stream;
     bool Matches(const Job& job) const;
   };
-  /** Recipients waiting on this shard for one domain and stream. */
-  struct QueueRow {
-    std::string domain;
-    std::string stream;
-    uint64_t ready = 0, scheduled = 0, suspended = 0;  // recipients
-    int64_t oldest_received_ms = 0;                    // of the oldest message
-  };
-  std::vector<QueueRow> QueueSummary() const;
+  using QueueRow = delivery::QueueRow;
+  /** Recipients waiting on this shard per domain and stream (O(rows), not O(jobs)). */
+  std::vector<QueueRow> QueueSummary() const { return tally_.Rows(); }
   /** Calls `fn` for each waiting job matching `filter`: "ready", "scheduled" (with its due time) or
    * "suspended". */
   void ForEachJob(
@@ -232,6 +229,11 @@ class DeliveryManager {
   uint64_t backoff_events() const { return backoff_events_; }
   /** The effective connection cap of `lane` under `rule` (backoff scales it down). */
   static uint32_t ConnectionCap(const ShapingRule& rule, const Lane& lane);
+  /**
+   * How many of `lane`'s connections may carry streams below the top priority at once: the
+   * cap less the rule's reserved_connections, at least 1.
+   */
+  static uint32_t LowerPriorityCap(const ShapingRule& rule, const Lane& lane);
 
  private:
   void Route(Job job);
@@ -253,6 +255,8 @@ class DeliveryManager {
   /** `lane` for `source`, restored one step if its backoff has aged. */
   Lane& LaneOf(Budget& budget, const std::string& source);
   void ConfigureBucket(const Budget& budget, Lane& lane);
+  /** Frees the reserved_connections accounting slot `job` holds, if any. */
+  static void ReleaseSlot(Job& job);
   bool LaneOpen(const Lane& lane, const std::string& source, absl::Time now) const;
   bool StreamUsesSource(const Stream& stream, const std::string& source) const;
   /** Runs Pump(budget) at `when` (the earliest of the requested times). */
@@ -282,6 +286,8 @@ class DeliveryManager {
   absl::flat_hash_map<std::string, std::unique_ptr<Budget>> budgets_;            // by key
   absl::flat_hash_map<std::string, absl::Time> source_down_until_;
   std::vector<Job> parked_;  // suspended by the policy (domain, rule or stream)
+  // Every job in a ready queue, scheduled_jobs_ or parked_ is counted here.
+  QueueTally tally_;
   // Jobs waiting for their due time on this shard (retries, by serial number).
   struct ScheduledJob {
     Job job;

@@ -1,5 +1,4 @@
 // DeliveryManager: the administrative views and actions behind the admin API.
-#include <climits>
 #include <utility>
 
 #include "mta/delivery/delivery_manager.h"
@@ -31,37 +30,6 @@ void DeliveryManager::ForEachJob(
   }
 }
 
-std::vector<DeliveryManager::QueueRow> DeliveryManager::QueueSummary() const {
-  // Runs every few seconds for the metrics over every waiting job: no allocation per job.
-  // Jobs come in runs of one domain and stream, so the row is looked up only when the
-  // previous job's does not match.
-  std::vector<QueueRow> rows;
-  absl::flat_hash_map<std::pair<std::string, std::string>, size_t> index;
-  size_t last = SIZE_MAX;
-  ForEachJob({}, [&](const Job& job, absl::string_view state, absl::Time) {
-    const queue::Envelope& env = job.message->envelope;
-    if (last == SIZE_MAX || rows[last].domain != job.domain || rows[last].stream != env.stream) {
-      auto [it, inserted] = index.try_emplace({job.domain, env.stream}, rows.size());
-      if (inserted) {
-        rows.push_back(
-            {.domain = job.domain, .stream = env.stream, .oldest_received_ms = env.received_ms});
-      }
-      last = it->second;
-    }
-    QueueRow& row = rows[last];
-    uint64_t n = job.recipients.size();
-    if (state == "ready") {
-      row.ready += n;
-    } else if (state == "scheduled") {
-      row.scheduled += n;
-    } else {
-      row.suspended += n;
-    }
-    row.oldest_received_ms = std::min(row.oldest_received_ms, env.received_ms);
-  });
-  return rows;
-}
-
 size_t DeliveryManager::RetryNow(const JobFilter& filter) {
   auto due = std::make_shared<std::vector<Job>>();
   for (auto it = scheduled_jobs_.begin(); it != scheduled_jobs_.end();) {
@@ -70,6 +38,7 @@ size_t DeliveryManager::RetryNow(const JobFilter& filter) {
       continue;
     }
     loop_->CancelTimer(it->second.timer);
+    tally_.Remove(it->second.job, QueueTally::State::kScheduled);
     due->push_back(std::move(it->second.job));
     scheduled_jobs_.erase(it++);
   }
@@ -88,6 +57,7 @@ size_t DeliveryManager::Cancel(const JobFilter& filter, const std::string& reaso
           ++it;
           continue;
         }
+        tally_.Remove(*it, QueueTally::State::kReady);
         cancelled.push_back(std::move(*it));
         it = q.jobs.erase(it);
         --site->ready;
@@ -100,12 +70,15 @@ size_t DeliveryManager::Cancel(const JobFilter& filter, const std::string& reaso
       continue;
     }
     loop_->CancelTimer(it->second.timer);
+    tally_.Remove(it->second.job, QueueTally::State::kScheduled);
     cancelled.push_back(std::move(it->second.job));
     scheduled_jobs_.erase(it++);
   }
   std::vector<Job> still_parked;
   for (Job& job : parked_) {
-    (filter.Matches(job) ? cancelled : still_parked).push_back(std::move(job));
+    const bool matches = filter.Matches(job);
+    if (matches) tally_.Remove(job, QueueTally::State::kSuspended);
+    (matches ? cancelled : still_parked).push_back(std::move(job));
   }
   parked_ = std::move(still_parked);
   size_t recipients = 0;

@@ -13,6 +13,18 @@ uint32_t DeliveryManager::ConnectionCap(const ShapingRule& rule, const Lane& lan
   return std::max<uint32_t>(1, static_cast<uint32_t>(rule.limits.max_connections * lane.throttle));
 }
 
+uint32_t DeliveryManager::LowerPriorityCap(const ShapingRule& rule, const Lane& lane) {
+  const uint32_t cap = ConnectionCap(rule, lane);
+  const uint32_t reserved = rule.limits.reserved_connections;
+  return cap > reserved ? cap - reserved : 1;
+}
+
+void DeliveryManager::ReleaseSlot(Job& job) {
+  if (job.lower_slot == nullptr) return;
+  if (job.lower_slot->lower_busy > 0) --job.lower_slot->lower_busy;
+  job.lower_slot = nullptr;
+}
+
 void DeliveryManager::ConfigureBucket(const Budget& budget, Lane& lane) {
   const ShapingLimits& l = budget.rule->limits;
   lane.bucket.Configure(l.rate_per_second * lane.throttle, l.burst, loop_->Now());
@@ -194,6 +206,11 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string
   for (auto& q : site.queues) {
     const Stream& stream = policy_->StreamFor(q.stream);
     if (!StreamUsesSource(stream, source)) continue;
+    // Below the top priority, the rule's reserved connections are not for this stream:
+    // they stay free (idle and warm) for top-priority mail.
+    const bool lower =
+        budget.rule->limits.reserved_connections > 0 && stream.priority < policy_->top_priority();
+    if (lower && lane.lower_busy >= LowerPriorityCap(*budget.rule, lane)) continue;
     while (!q.jobs.empty()) {
       Job& front = q.jobs.front();
       if (queue::Expired(stream.retry, absl::FromUnixMillis(front.message->envelope.received_ms),
@@ -201,6 +218,7 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string
         Job job = std::move(front);
         q.jobs.pop_front();
         --site.ready;
+        tally_.Remove(job, QueueTally::State::kReady);
         std::string last_error = job.last_error;  // a deferral past the lifetime expires
         SettleAll(
             std::move(job),
@@ -215,16 +233,22 @@ std::optional<Job> DeliveryManager::TakeJob(Destination& site, const std::string
       Job job = std::move(front);
       q.jobs.pop_front();
       --site.ready;
+      tally_.Remove(job, QueueTally::State::kReady);
       uint32_t cap = budget.rule->limits.max_recipients_per_transaction;
       if (job.recipients.size() > cap) {
         // The rest waits at the front for the next transaction.
         Job rest = job;
         rest.recipients.erase(rest.recipients.begin(), rest.recipients.begin() + cap);
         job.recipients.resize(cap);
+        tally_.Add(rest, QueueTally::State::kReady);
         q.jobs.push_front(std::move(rest));
         ++site.ready;
       }
       ++site.in_flight;
+      if (lower) {
+        ++lane.lower_busy;
+        job.lower_slot = &lane;
+      }
       return job;
     }
   }
@@ -235,10 +259,13 @@ void DeliveryManager::CompleteJob(Destination& dest, Job job, std::vector<Attemp
                                   std::shared_ptr<const std::string> content) {
   dest.last_progress = loop_->Now();
   if (dest.in_flight > 0) --dest.in_flight;
+  ReleaseSlot(job);
   Settle(std::move(job), std::move(results), std::move(content));
 }
 
 void DeliveryManager::ReturnJob(Destination& site, Job job) {
+  ReleaseSlot(job);
+  tally_.Add(job, QueueTally::State::kReady);
   QueueOf(site, job).push_front(std::move(job));
   ++site.ready;
   if (site.in_flight > 0) --site.in_flight;
@@ -247,8 +274,12 @@ void DeliveryManager::ReturnJob(Destination& site, Job job) {
 void DeliveryManager::DestinationFailed(Destination& dest, std::vector<Job> failed,
                                         const AttemptResult& reason) {
   dest.in_flight -= std::min<uint32_t>(dest.in_flight, failed.size());  // the taken ones
+  for (Job& job : failed) ReleaseSlot(job);
   for (auto& q : dest.queues) {
-    for (Job& j : q.jobs) failed.push_back(std::move(j));
+    for (Job& j : q.jobs) {
+      tally_.Remove(j, QueueTally::State::kReady);
+      failed.push_back(std::move(j));
+    }
     q.jobs.clear();
   }
   dest.ready = 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -87,7 +88,36 @@ class DeliveryManagerTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (manager_ != nullptr) ExpectSummaryMatchesJobs();
     if (spool_) Close();
+  }
+
+  // The manager's running tally equals a walk over every waiting job.
+  void ExpectSummaryMatchesJobs() {
+    std::map<std::pair<std::string, std::string>, QueueRow> walked;
+    manager_->ForEachJob({}, [&](const Job& job, absl::string_view state, absl::Time) {
+      const queue::Envelope& env = job.message->envelope;
+      QueueRow& row = walked[{job.domain, env.stream}];
+      if (row.domain.empty())
+        row = {.domain = job.domain, .stream = env.stream, .oldest_received_ms = INT64_MAX};
+      (state == "ready"       ? row.ready
+       : state == "scheduled" ? row.scheduled
+                              : row.suspended) += job.recipients.size();
+      row.oldest_received_ms = std::min(row.oldest_received_ms, env.received_ms / 1000 * 1000);
+    });
+    std::vector<QueueRow> summary = manager_->QueueSummary();
+    EXPECT_EQ(summary.size(), walked.size());
+    for (const QueueRow& row : summary) {
+      auto it = walked.find({row.domain, row.stream});
+      if (it == walked.end()) {
+        ADD_FAILURE() << "tally has " << row.domain << "/" << row.stream;
+        continue;
+      }
+      EXPECT_EQ(row.ready, it->second.ready) << row.domain;
+      EXPECT_EQ(row.scheduled, it->second.scheduled) << row.domain;
+      EXPECT_EQ(row.suspended, it->second.suspended) << row.domain;
+      EXPECT_EQ(row.oldest_received_ms, it->second.oldest_received_ms) << row.domain;
+    }
   }
 
   // Runs the loop until `done` holds (checked every 5 ms) or 10 s pass.
@@ -425,6 +455,41 @@ TEST_F(ShapingTest, HigherPriorityStreamsAreTakenFirst) {
   ASSERT_TRUE(j1.has_value() && j2.has_value());
   EXPECT_EQ(j1->message->envelope.recipients[0].address, "c@one.test");
   EXPECT_EQ(j2->message->envelope.recipients[0].address, "a@one.test");
+}
+
+TEST_F(ShapingTest, ReservedConnectionsAreKeptForTheTopPriority) {
+  policy_.default_rule.limits.max_connections = 3;
+  policy_.default_rule.limits.reserved_connections = 1;
+  policy_.streams[3].priority = 10;  // "urgent" shares the bulk pool at the top priority
+  Start();
+  for (int i = 0; i < 4; ++i) Inject({absl::StrCat("b", i, "@one.test")}, "s@origin.test", "bulk");
+  Destination& one = Site("one.test");
+  // Connections open up to the cap (the reserved one too, so it is warm when needed) ...
+  EXPECT_EQ(std::count(opened_sources_.begin(), opened_sources_.end(), "ip2"), 3);
+  // ... but bulk mail keeps at most 3 - 1 of a source's connections busy.
+  std::optional<Job> b0 = manager_->TakeJob(one, "ip2");
+  std::optional<Job> b1 = manager_->TakeJob(one, "ip2");
+  ASSERT_TRUE(b0.has_value() && b1.has_value());
+  EXPECT_FALSE(manager_->TakeJob(one, "ip2").has_value());
+  EXPECT_EQ(one.ready, 2u);
+  // The lane of another source has its own reserve.
+  std::optional<Job> other = manager_->TakeJob(one, "ip3");
+  ASSERT_TRUE(other.has_value());
+  // Top-priority mail takes the reserved connection at once.
+  Inject({"u@one.test"}, "s@origin.test", "urgent");
+  std::optional<Job> u = manager_->TakeJob(one, "ip2");
+  ASSERT_TRUE(u.has_value());
+  EXPECT_EQ(u->message->envelope.recipients[0].address, "u@one.test");
+  // A finished or returned bulk job frees its slot for the next one.
+  Job done = *std::move(b0);
+  manager_->CompleteJob(one, done, {Result(Kind::kDelivered, "2.0.0", "ok")},
+                        done.message->content);
+  std::optional<Job> b2 = manager_->TakeJob(one, "ip2");
+  ASSERT_TRUE(b2.has_value());
+  EXPECT_FALSE(manager_->TakeJob(one, "ip2").has_value());
+  manager_->ReturnJob(one, *std::move(b1));
+  EXPECT_TRUE(manager_->TakeJob(one, "ip2").has_value());
+  EXPECT_FALSE(manager_->TakeJob(one, "ip2").has_value());
 }
 
 TEST_F(ShapingTest, ASourceOnlyCarriesStreamsOfItsPools) {

@@ -25,6 +25,8 @@ struct DeliveryMessage {
 };
 
 /** Recipients of one message at one destination: they travel in one SMTP transaction. */
+struct Lane;
+
 struct Job {
   std::shared_ptr<const DeliveryMessage> message;
   std::string domain;                // the recipients' domain (lower-case)
@@ -32,6 +34,9 @@ struct Job {
   uint32_t attempts = 0;             // attempts so far for these recipients
   std::string last_error;            // last deferral reason, for expiry reports
   bool delay_notified = false;       // a "delayed" DSN was sent in this process lifetime
+  // While a connection carries a job of a stream below the top priority: the lane whose
+  // `lower_busy` counts it (lanes live as long as their manager); null otherwise.
+  Lane* lower_slot = nullptr;
 };
 
 /** The result of one attempt for one recipient. */

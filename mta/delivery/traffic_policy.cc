@@ -1,5 +1,7 @@
 #include "mta/delivery/traffic_policy.h"
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 
@@ -41,6 +43,8 @@ void TrafficPolicy::Index() {
   by_domain_suffix_.clear();
   by_mx_suffix_.clear();
   by_name_.clear();
+  top_priority_ = streams.empty() ? 0 : streams.front().priority;
+  for (const Stream& s : streams) top_priority_ = std::max(top_priority_, s.priority);
   for (size_t i = 0; i < rules.size(); ++i) {
     const ShapingRule& rule = rules[i];
     by_name_.try_emplace(rule.name, i);

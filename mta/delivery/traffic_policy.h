@@ -66,6 +66,10 @@ struct ShapingLimits {
   double rate_per_second = 0;                // 0 = unlimited
   double burst = 1;                          // tokens the bucket holds
   uint32_t max_recipients_per_transaction = 100;
+  // Of max_connections, connections that only the highest-priority streams may use: the
+  // other streams together keep at most max_connections - reserved_connections busy, so a
+  // top-priority message never waits for their transactions in flight.
+  uint32_t reserved_connections = 0;
   absl::Duration connect_timeout = absl::Seconds(30);
   absl::Duration idle_timeout = absl::Seconds(5);
   std::vector<BackoffRule> backoff;
@@ -98,6 +102,8 @@ struct TrafficPolicy {
    * stay valid).
    */
   void Index();
+  /** The highest stream priority (set by Index()). */
+  int32_t top_priority() const { return top_priority_; }
 
   /** The stream called `name`, else the one called "default", else the first. */
   const Stream& StreamFor(absl::string_view name) const;
@@ -116,6 +122,7 @@ struct TrafficPolicy {
  private:
   // Positions in `rules`; for equal keys the first rule in config order.
   absl::flat_hash_map<std::string, size_t> by_domain_, by_domain_suffix_, by_mx_suffix_, by_name_;
+  int32_t top_priority_ = 0;
 };
 
 }  // namespace mta::delivery

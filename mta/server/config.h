@@ -106,6 +106,7 @@ struct ShapingLimitsConfig {
   std::string max_message_rate;              // "100/s", "3000/m", "20000/h"; "" = unlimited
   uint32_t rate_burst = 0;                   // 0 = one second's worth, at least 1
   uint32_t max_recipients_per_transaction = 100;
+  uint32_t reserved_connections = 0;  // of max_connections, for the top-priority streams only
   uint32_t connect_timeout_s = 30;
   uint32_t idle_timeout_s = 5;
   std::vector<BackoffConfig> backoff;

@@ -73,6 +73,7 @@ shaping:                      # limits per egress source x destination
     max_message_rate: ""      # e.g. 100/s, 3000/m or 20000/h ("" = unlimited)
     rate_burst: 0             # messages that may go at once (0 = one second's worth, at least 1)
     max_recipients_per_transaction: 100  # recipients of one message per SMTP transaction
+    reserved_connections: 0   # of max_connections, kept for the highest-priority streams
     connect_timeout_s: 30     # TCP connect timeout per address
     idle_timeout_s: 5         # an idle outbound connection is kept this long for reuse
     backoff: []               # e.g. [{code: 421, text: "(?i)rate", action: slow, rate_factor: 0.5}]

@@ -198,6 +198,7 @@ absl::Status ReadLimits(MapReader& r, ShapingLimitsConfig* l) {
   MTA_RETURN_IF_ERROR(r.Int("rate_burst", 0, 1000000, &l->rate_burst));
   MTA_RETURN_IF_ERROR(
       r.Int("max_recipients_per_transaction", 1, 100000, &l->max_recipients_per_transaction));
+  MTA_RETURN_IF_ERROR(r.Int("reserved_connections", 0, 10000, &l->reserved_connections));
   MTA_RETURN_IF_ERROR(r.Int("connect_timeout_s", 1, 600, &l->connect_timeout_s));
   MTA_RETURN_IF_ERROR(r.Int("idle_timeout_s", 0, 3600, &l->idle_timeout_s));
   MTA_RETURN_IF_ERROR(
@@ -218,6 +219,11 @@ absl::Status CheckLimits(const MapReader& r, const ShapingLimitsConfig& l) {
   }
   if (!IsOneDuration(l.backoff_restore_interval)) {
     return r.ErrorAt("backoff_restore_interval", kOneDuration);
+  }
+  if (l.reserved_connections >= l.max_connections) {
+    return r.ErrorAt("reserved_connections",
+                     absl::StrCat("must be less than max_connections (", l.max_connections,
+                                  "), got ", l.reserved_connections));
   }
   return absl::OkStatus();
 }

@@ -125,6 +125,7 @@ shaping:
     max_message_rate: 600/m
     rate_burst: 20
     max_recipients_per_transaction: 50
+    reserved_connections: 1
     connect_timeout_s: 10
     idle_timeout_s: 2
     backoff:
@@ -160,6 +161,7 @@ listeners:
   d.max_message_rate = "600/m";
   d.rate_burst = 20;
   d.max_recipients_per_transaction = 50;
+  d.reserved_connections = 1;
   d.connect_timeout_s = 10;
   d.idle_timeout_s = 2;
   d.backoff = {{421, "4.7.", "(?i)too many", "suspend", "10m", 0.5},
@@ -241,6 +243,14 @@ TEST(ConfigShapingTest, MoreValidation) {
   ExpectError("shaping:\n  default:\n    max_connections: 0\n",
               "shaping.default.max_connections: must be in [1, 10000], got 0");
   ExpectError("shaping:\n  default:\n    max_message_rate: 0/s\n", "max_message_rate");
+  ExpectError("shaping:\n  default:\n    max_connections: 2\n    reserved_connections: 2\n",
+              "shaping.default.reserved_connections: must be less than max_connections (2), "
+              "got 2");
+  // A rule that lowers max_connections below the inherited reserve must lower it too.
+  ExpectError(
+      "shaping:\n  default: {reserved_connections: 1}\n  rules: [{name: r, domain: a.test, "
+      "max_connections: 1}]\n",
+      "reserved_connections: must be less than max_connections (1), got 1");
   ExpectError("shaping:\n  default:\n    max_message_rate: 10\n", "max_message_rate");
   ExpectError("shaping:\n  default:\n    backoff_restore_interval: soon\n",
               "shaping.default.backoff_restore_interval: must be one duration");

@@ -95,6 +95,7 @@ absl::StatusOr<ShapingLimits> BuildLimits(const ShapingLimitsConfig& l, const st
   limits.rate_per_second = *rate;
   limits.burst = l.rate_burst > 0 ? static_cast<double>(l.rate_burst) : std::max(1.0, *rate);
   limits.max_recipients_per_transaction = l.max_recipients_per_transaction;
+  limits.reserved_connections = l.reserved_connections;
   limits.connect_timeout = absl::Seconds(l.connect_timeout_s);
   limits.idle_timeout = absl::Seconds(l.idle_timeout_s);
   for (size_t i = 0; i < l.backoff.size(); ++i) {

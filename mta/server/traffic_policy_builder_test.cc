@@ -137,7 +137,7 @@ shaping:
       - {enhanced: "4.7.", action: slow, rate_factor: 0.25}
     backoff_restore_interval: 2m
   rules:
-    - {name: gmail, mx_suffix: .Google.com, max_connections: 20}
+    - {name: gmail, mx_suffix: .Google.com, max_connections: 20, reserved_connections: 2}
     - name: yahoo
       domain: yahoo.com
       max_message_rate: 10/s
@@ -167,6 +167,7 @@ suspended:
   EXPECT_EQ(gmail.match, ShapingRule::Match::kMxSuffix);
   EXPECT_EQ(gmail.pattern, ".google.com");
   EXPECT_EQ(gmail.limits.max_connections, 20u);                  // its own
+  EXPECT_EQ(gmail.limits.reserved_connections, 2u);              // its own
   EXPECT_DOUBLE_EQ(gmail.limits.rate_per_second, 1);             // inherited
   EXPECT_EQ(gmail.limits.connect_timeout, absl::Seconds(7));     // inherited
   EXPECT_EQ(gmail.limits.backoff.size(), 2u);                    // inherited list
@@ -177,6 +178,7 @@ suspended:
   EXPECT_EQ(yahoo.match, ShapingRule::Match::kDomain);
   EXPECT_EQ(yahoo.pattern, "yahoo.com");
   EXPECT_EQ(yahoo.limits.max_connections, 4u);
+  EXPECT_EQ(yahoo.limits.reserved_connections, 0u);
   EXPECT_DOUBLE_EQ(yahoo.limits.rate_per_second, 10);
   EXPECT_DOUBLE_EQ(yahoo.limits.burst, 30);
   EXPECT_TRUE(yahoo.limits.backoff.empty());  // an explicit empty list overrides

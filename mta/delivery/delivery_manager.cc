@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -303,8 +304,7 @@ void DeliveryManager::SetPolicy(std::shared_ptr<const TrafficPolicy> policy) {
       }
       q.jobs.swap(kept);
     }
-    std::stable_sort(site->queues.begin(), site->queues.end(),
-                     [](const auto& a, const auto& b) { return a.priority > b.priority; });
+    site->queues.sort([](const auto& a, const auto& b) { return a.priority > b.priority; });
   }
   Reroute(std::move(reroute), 0, now);
   for (auto& [key, budget] : budgets_) Pump(*budget);
@@ -557,10 +557,26 @@ void DeliveryManager::Watchdog() {
                       absl::FormatDuration(now - dest->last_progress), dest->ready);
     }
   }
-  // Ready jobs expire on time even when no connection asks for them (their sources are
-  // all suspended or down).
+  ExpireWaiting(now);
+  watchdog_timer_ = loop_->AddTimer(now + options_.watchdog_interval, [this] { Watchdog(); });
+}
+
+void DeliveryManager::ExpireWaiting(absl::Time now) {
+  // Ready and parked jobs expire on time even when no connection asks for them (their
+  // sources are all suspended or down). The tally's oldest message per domain and stream
+  // tells which streams can have any, so a large queue far from expiry is not walked (a
+  // walk costs ~200 ns per job on this loop).
+  absl::flat_hash_set<std::string> expiring;  // stream names as the queues hold them
+  for (const QueueRow& row : tally_.Rows()) {
+    const Stream& stream = policy_->StreamFor(row.stream);
+    if (queue::Expired(stream.retry, absl::FromUnixMillis(row.oldest_received_ms), now)) {
+      expiring.insert(stream.name);
+    }
+  }
+  if (expiring.empty()) return;
   for (auto& [key, site] : destinations_) {
     for (auto& q : site->queues) {
+      if (!expiring.contains(q.stream)) continue;
       const queue::RetryPolicy& r = policy_->StreamFor(q.stream).retry;
       for (auto it = q.jobs.begin(); it != q.jobs.end();) {
         if (!queue::Expired(r, absl::FromUnixMillis(it->message->envelope.received_ms), now)) {
@@ -578,7 +594,6 @@ void DeliveryManager::Watchdog() {
       }
     }
   }
-  // Parked jobs too.
   std::vector<Job> waiting, expired;
   for (Job& job : parked_) {
     const queue::RetryPolicy& r = policy_->StreamFor(job.message->envelope.stream).retry;
@@ -588,7 +603,6 @@ void DeliveryManager::Watchdog() {
   }
   parked_ = std::move(waiting);
   for (Job& job : expired) Route(std::move(job));
-  watchdog_timer_ = loop_->AddTimer(now + options_.watchdog_interval, [this] { Watchdog(); });
 }
 
 }  // namespace mta::delivery

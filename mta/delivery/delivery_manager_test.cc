@@ -330,6 +330,32 @@ TEST_F(DeliveryManagerTest, DeferredPastLifetimeExpiresIntoABounce) {
   EXPECT_TRUE(absl::StrContains(c, "last error: connection timed out"));
 }
 
+TEST_F(DeliveryManagerTest, WatchdogExpiresWaitingJobsThatNoConnectionTakes) {
+  Close();
+  lifetime_ = absl::Milliseconds(300);
+  Open();
+  options_.watchdog_interval = absl::Milliseconds(50);
+  Stream lasting = policy_.streams[0];
+  lasting.name = "lasting";
+  lasting.retry.lifetime = absl::Hours(1);
+  policy_.streams.push_back(lasting);
+  policy_.suspended_destinations = {"two.test"};
+  Start();
+  Inject({"ready@one.test"});  // ready, but nothing takes it
+  Inject({"held@two.test"});   // parked by the suspension
+  Inject({"long@one.test"}, "sender@origin.test", "lasting");
+  EXPECT_EQ(Site("one.test").ready, 2u);
+  EXPECT_EQ(manager_->parked(), 1u);
+  // Both short-lived jobs expire into DSNs to origin.test; the lasting one stays.
+  ASSERT_TRUE(RunUntil([&] { return HasSite("origin.test") && Site("origin.test").ready == 2; }));
+  EXPECT_EQ(manager_->parked(), 0u);
+  ASSERT_EQ(Ready(Site("one.test")).size(), 1u);
+  EXPECT_EQ(Ready(Site("one.test"))[0]->message->envelope.recipients[0].address, "long@one.test");
+  for (const Job* dsn : Ready(Site("origin.test"))) {
+    EXPECT_TRUE(absl::StrContains(*dsn->message->content, "Status: 4.4.7"));
+  }
+}
+
 TEST_F(DeliveryManagerTest, RecoveredMessageSkipsRecipientsAlreadyDelivered) {
   Inject({"a@one.test", "b@one.test"});
   Destination& one = Site("one.test");
@@ -490,6 +516,18 @@ TEST_F(ShapingTest, ReservedConnectionsAreKeptForTheTopPriority) {
   manager_->ReturnJob(one, *std::move(b1));
   EXPECT_TRUE(manager_->TakeJob(one, "ip2").has_value());
   EXPECT_FALSE(manager_->TakeJob(one, "ip2").has_value());
+}
+
+TEST_F(ShapingTest, ANewStreamAtASiteLeavesTheWaitingJobsInPlace) {
+  Start();
+  for (int i = 0; i < 100; ++i)
+    Inject({absl::StrCat("b", i, "@one.test")}, "s@origin.test", "bulk");
+  Destination& one = Site("one.test");
+  const Job* first = &one.queues.front().jobs.front();
+  Inject({"t@one.test"}, "s@origin.test", "urgent");
+  Inject({"t@one.test"}, "s@origin.test", "tx");
+  EXPECT_EQ(Streams(one), (std::vector<std::string>{"tx", "urgent", "bulk"}));
+  EXPECT_EQ(&one.queues.back().jobs.front(), first);  // not copied
 }
 
 TEST_F(ShapingTest, ASourceOnlyCarriesStreamsOfItsPools) {

@@ -35,7 +35,8 @@ struct Job {
   std::string last_error;            // last deferral reason, for expiry reports
   bool delay_notified = false;       // a "delayed" DSN was sent in this process lifetime
   // While a connection carries a job of a stream below the top priority: the lane whose
-  // `lower_busy` counts it (lanes live as long as their manager); null otherwise.
+  // `lower_busy` counts it, else null. (The open connection keeps its site, and so the
+  // site's budget and lanes, alive until the job is reported.)
   Lane* lower_slot = nullptr;
 };
 

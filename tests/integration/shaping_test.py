@@ -700,5 +700,49 @@ class PriorityTest(ShapingCase):
         print(f"priority: {delivered_bulk} of 200 marketing delivered by then", file=sys.stderr)
 
 
+class ReservedConnectionsTest(ShapingCase):
+
+    def test_marketing_leaves_the_reserved_connection_to_transactional_mail(self):
+        # Three connections, one reserved; 0.02 s before every reply: ~0.06 s a transaction.
+        sink = self.sink("127.0.0.21", {"delay": 0.02})
+        streams = [{"name": "transactional", "pool": "only2", "priority": 10},
+                   {"name": "marketing", "pool": "only2", "priority": 0}]
+        listener = {"stream": "marketing", "stream_header": "X-Stream"}
+        m = self.mtad([sink.route("reserve.test")], listener=listener, streams=streams,
+                      shaping={"rules": [{"name": "r", "domain": "reserve.test",
+                                          "max_connections": 3, "reserved_connections": 1}]})
+        bulk = [f"m{i}@reserve.test" for i in range(150)]
+        inject(m.port, [(r, message(r, i)) for i, r in enumerate(bulk)], threads=4)
+        wait_for(lambda: sink.message_count() >= 5, 10, "the marketing backlog to start moving")
+        accepted = {}
+        for i in range(4):
+            rcpt = f"t{i}@reserve.test"
+            inject(m.port, [(rcpt, message(rcpt, i, "transactional"))], threads=1)
+            accepted[rcpt] = time.time()
+            time.sleep(0.3)
+        self.assertAllDeliveredOnce(sink, bulk + list(accepted), timeout=60)
+        msgs = sink.messages()
+        # Marketing kept at most 3 - 1 connections busy: the spans from each connection's
+        # first to last marketing message overlap at most twice (and do twice).
+        spans = {}
+        for x in msgs:
+            if x["rcpt_to"][0].startswith("m"):
+                first, last = spans.get(x["conn_id"], (x["timestamp"], x["timestamp"]))
+                spans[x["conn_id"]] = (min(first, x["timestamp"]), max(last, x["timestamp"]))
+        self.assertEqual(
+            max_concurrent([{"start": a, "end": b} for a, b in spans.values()]), 2, spans)
+        # Each transactional message went out on a connection that had no marketing
+        # transaction in flight: none arrived on it between its acceptance and its arrival.
+        for rcpt, t in accepted.items():
+            [tx] = [x for x in msgs if x["rcpt_to"] == [rcpt]]
+            waited_for = [x["rcpt_to"][0] for x in msgs if x["conn_id"] == tx["conn_id"]
+                          and t < x["timestamp"] < tx["timestamp"]]
+            self.assertEqual(waited_for, [], rcpt)
+        delivered_bulk = sum(1 for x in msgs if x["rcpt_to"][0].startswith("m")
+                             and x["timestamp"] < max(accepted.values()))
+        self.assertLess(delivered_bulk, 140, "the backlog drained before the test measured")
+        self.assertLessEqual(max_concurrent(self.connections_after_stop(m, sink)), 3)
+
+
 if __name__ == "__main__":
     harness.main()

@@ -285,8 +285,7 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(absl::string_view text) {
     port_text = after;
     in6_addr addr;
     if (inet_pton(AF_INET6, url.host.c_str(), &addr) != 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("url '", text, "': bad IPv6 address in []"));
+      return absl::InvalidArgumentError(absl::StrCat("url '", text, "': bad IPv6 address in []"));
     }
   } else {
     const size_t colon = authority.rfind(':');

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "auth/ssl_errors.h"
 #include "mta/base/status_macros.h"
 
 namespace mta::metrics {
@@ -49,17 +50,8 @@ bool IsIpLiteral(const std::string& host) {
 }  // namespace
 
 std::string SslErrorText() {
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    const uint32_t packed = ERR_get_error();
-    if (packed == 0) break;
-    char buf[256];
-    ERR_error_string_n(packed, buf, sizeof(buf));
-    if (!out.empty()) out.append("; ");
-    out.append(buf);
-  }
-  ERR_clear_error();
-  return out.empty() ? "unknown TLS error" : out;
+  std::string errors = auth::ConsumeSslErrors();
+  return errors.empty() ? "unknown TLS error" : errors;
 }
 
 // RFC 9110 token characters, for header names.

@@ -27,7 +27,7 @@
 
 namespace mta::metrics {
 
-/** The queued BoringSSL errors as text (and the queue cleared). */
+/** auth::ConsumeSslErrors(), or "unknown TLS error" when the queue was empty. */
 std::string SslErrorText();
 
 struct HttpUrl {

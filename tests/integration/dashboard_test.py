@@ -24,7 +24,6 @@ import shutil
 import smtplib
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +34,6 @@ import urllib.request
 import harness
 from dns_server import NsdServer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DASHBOARD = os.path.join(harness.ROOT, "tools", "grafana", "mta-dashboard.json")
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -78,56 +76,18 @@ def make_cert(directory):
     return cert, key
 
 
-class Sink:
-    """One capture_sink.py on 127.0.0.1 (a free port), with its records and stats."""
+class Sink(harness.CaptureSink):
+    """capture_sink.py --no-content on 127.0.0.1 (a free port), optionally with TLS."""
 
     def __init__(self, script=None, tls=None):
-        self.dir = tempfile.mkdtemp(prefix="dashboard-sink-")
-        self.out = os.path.join(self.dir, "records.jsonl")
-        self.stats_path = os.path.join(self.dir, "stats.json")
-        self.err = open(os.path.join(self.dir, "stderr"), "w")
-        args = [sys.executable, os.path.join(HERE, "capture_sink.py"), "--listen",
-                "127.0.0.1:0", "--out", self.out, "--stats", self.stats_path, "--no-content",
-                "--script", json.dumps(script or {})]
-        if tls:
-            args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=10)
-            with open(os.path.join(self.dir, "stderr")) as f:
-                why = f.read()
-            self.stop()
-            raise OSError("capture_sink failed: " + why)
-        self.port = json.loads(line)["port"]
+        args = ["--no-content"] + (["--tls-cert", tls[0], "--tls-key", tls[1]] if tls else [])
+        super().__init__(script=script, args=args, prefix="dashboard-sink-")
 
     def route(self, domain):
         return {"domain": domain, "host": "127.0.0.1", "port": self.port, "tls": "none"}
 
-    def messages(self):
-        try:
-            with open(self.out) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return []
-        # Only complete lines: the sink may be writing the last one right now.
-        recs = [json.loads(l) for l in text.split("\n")[:-1] if l.strip()]
-        return [r for r in recs if r["type"] == "message"]
-
-    def stats(self):
-        with open(self.stats_path) as f:
-            return json.load(f)
-
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        self.err.close()
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

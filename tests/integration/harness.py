@@ -7,6 +7,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -197,6 +198,65 @@ def strip_received(content):
     while content[end + 2:end + 3] in (b" ", b"\t"):
         end = content.index(b"\r\n", end + 2)
     return content[end + 2:]
+
+
+class CaptureSink:
+    """One capture_sink.py process listening on `addresses` (`port`: 0 = a free port per
+    address; else that port on each), with --stats and the given extra arguments. `ports`
+    maps each address to its port; `port` is the first one's."""
+
+    def __init__(self, addresses=("127.0.0.1",), script=None, args=(), port=0,
+                 prefix="capture-sink-"):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.out = os.path.join(self.dir, "records.jsonl")
+        self.stats_path = os.path.join(self.dir, "stats.json")
+        self.err = open(os.path.join(self.dir, "stderr"), "w")
+        cmd = [sys.executable, os.path.join(ROOT, "tests", "integration", "capture_sink.py"),
+               "--out", self.out, "--stats", self.stats_path,
+               "--script", json.dumps(script or {}), *args]
+        for a in addresses:
+            cmd += ["--listen", f"{a}:{port}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.ports = {}
+        for _ in addresses:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.stop()
+                with open(os.path.join(self.dir, "stderr")) as f:
+                    raise OSError("capture_sink failed: " + f.read())
+            event = json.loads(line)
+            self.ports[event["address"]] = event["port"]
+        self.address = addresses[0]
+        self.port = self.ports[self.address]
+
+    def records(self, kind=None):
+        """The complete records so far (the sink may be writing the last line right now),
+        of `kind` ("message", "connection", "refusal") or all."""
+        try:
+            with open(self.out) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        recs = [json.loads(l) for l in text.split("\n")[:-1] if l.strip()]
+        return [r for r in recs if kind in (None, r["type"])]
+
+    def messages(self):
+        return self.records("message")
+
+    def stats(self):
+        with open(self.stats_path) as f:
+            return json.load(f)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.err.close()
 
 
 class RawSmtp:

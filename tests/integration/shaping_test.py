@@ -8,13 +8,9 @@ counters; mtad's log is only read for the lines the shaping issue promises.
 """
 
 import base64
-import json
-import os
 import random
 import smtplib
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -22,7 +18,6 @@ import unittest
 import harness
 from dns_server import NsdServer
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 IP2, IP3 = "127.0.0.2", "127.0.0.3"
 SOURCES = [
@@ -31,6 +26,10 @@ SOURCES = [
 ]
 # Long retry waits: an accidental deferral shows up as mail that never arrives in time.
 DELIVERY = {"retry_intervals": "1m", "retry_jitter_percent": 0}
+# Both streams from ip2, so they share its connections; the listener's default is marketing.
+SHARED_STREAMS = [{"name": "transactional", "pool": "only2", "priority": 10},
+                  {"name": "marketing", "pool": "only2", "priority": 0}]
+MARKETING_LISTENER = {"stream": "marketing", "stream_header": "X-Stream"}
 
 
 def wait_for(predicate, timeout, what):
@@ -43,46 +42,16 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-class Sink:
+class Sink(harness.CaptureSink):
     """One capture_sink.py listening on `addresses` (one port for all of them: a free one
     for a single address), with its records and stats."""
 
     def __init__(self, addresses, script=None, port=0):
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
-        self.address = addresses[0]
-        self.dir = tempfile.mkdtemp(prefix="shaping-sink-")
-        self.out = os.path.join(self.dir, "records.jsonl")
-        self.stats_path = os.path.join(self.dir, "stats.json")
-        self.err = open(os.path.join(self.dir, "stderr"), "w")
-        args = [sys.executable, os.path.join(HERE, "capture_sink.py"), "--out", self.out,
-                "--stats", self.stats_path, "--script", json.dumps(script or {})]
-        for a in addresses:
-            args += ["--listen", f"{a}:{port}"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True)
-        for _ in addresses:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait(timeout=10)
-                self.proc.stdout.close()
-                self.err.close()
-                raise OSError("capture_sink failed: " +
-                              open(os.path.join(self.dir, "stderr")).read())
-            self.port = json.loads(line)["port"]
+        super().__init__(addresses, script, port=port, prefix="shaping-sink-")
 
     def route(self, domain):
         return {"domain": domain, "host": self.address, "port": self.port, "tls": "none"}
-
-    def records(self):
-        try:
-            with open(self.out) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return []
-        # Only complete lines: the sink may be writing the last one right now.
-        return [json.loads(l) for l in text.split("\n")[:-1] if l.strip()]
-
-    def messages(self):
-        return [r for r in self.records() if r["type"] == "message"]
 
     def message_count(self):
         """Messages recorded so far (cheaper than parsing them)."""
@@ -93,11 +62,7 @@ class Sink:
             return 0
 
     def connections(self):
-        return [r for r in self.records() if r["type"] == "connection"]
-
-    def stats(self):
-        with open(self.stats_path) as f:
-            return json.load(f)
+        return self.records("connection")
 
     def wait_quiet(self, timeout):
         """Waits until every connection has ended and been recorded; returns them."""
@@ -107,16 +72,6 @@ class Sink:
             return conns if st["concurrent"] == 0 and len(conns) == st["connections_total"] \
                 else None
         return wait_for(done, timeout, f"the connections to {self.address} to end")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.err.close()
 
 
 def message(rcpt, seq, stream=None):
@@ -520,9 +475,7 @@ class SuspendTest(ShapingCase):
     def test_suspended_stream_is_held_until_sighup_resumes_it(self):
         sink = self.sink("127.0.0.24")
         listener = {"stream": "transactional", "stream_header": "X-Stream"}
-        streams = [{"name": "transactional", "pool": "only2", "priority": 10},
-                   {"name": "marketing", "pool": "only2", "priority": 0}]
-        m = self.mtad([sink.route("mixed.test")], listener=listener, streams=streams,
+        m = self.mtad([sink.route("mixed.test")], listener=listener, streams=SHARED_STREAMS,
                       suspended={"streams": ["marketing"]})
         tx = [f"tx{i}@mixed.test" for i in range(5)]
         mk = [f"mk{i}@mixed.test" for i in range(5)]
@@ -626,8 +579,7 @@ class StreamPoolTest(ShapingCase):
         # connection cannot carry marketing mail, so marketing needs an ip3 connection.
         # idle_timeout_s is long so that only a new connection can deliver it in time.
         sink = self.sink("127.0.0.25")
-        listener = {"stream": "marketing", "stream_header": "X-Stream"}
-        m = self.mtad([sink.route("pools.test")], listener=listener, streams=STREAMS,
+        m = self.mtad([sink.route("pools.test")], listener=MARKETING_LISTENER, streams=STREAMS,
                       shaping={"default": {"idle_timeout_s": 60}})
         inject(m.port, [("tx@pools.test", message("tx@pools.test", 0, "transactional"))],
                threads=1)
@@ -670,10 +622,8 @@ class PriorityTest(ShapingCase):
     def test_transactional_mail_overtakes_a_marketing_backlog(self):
         # One connection; 0.05 s before every reply: ~0.15 s per transaction.
         sink = self.sink("127.0.0.19", {"delay": 0.05})
-        streams = [{"name": "transactional", "pool": "only2", "priority": 10},
-                   {"name": "marketing", "pool": "only2", "priority": 0}]
-        listener = {"stream": "marketing", "stream_header": "X-Stream"}
-        m = self.mtad([sink.route("prio.test")], listener=listener, streams=streams,
+        m = self.mtad([sink.route("prio.test")], listener=MARKETING_LISTENER,
+                      streams=SHARED_STREAMS,
                       shaping={"rules": [{"name": "one", "domain": "prio.test",
                                           "max_connections": 1}]})
         bulk = [f"m{i}@prio.test" for i in range(200)]
@@ -705,10 +655,8 @@ class ReservedConnectionsTest(ShapingCase):
     def test_marketing_leaves_the_reserved_connection_to_transactional_mail(self):
         # Three connections, one reserved; 0.02 s before every reply: ~0.06 s a transaction.
         sink = self.sink("127.0.0.21", {"delay": 0.02})
-        streams = [{"name": "transactional", "pool": "only2", "priority": 10},
-                   {"name": "marketing", "pool": "only2", "priority": 0}]
-        listener = {"stream": "marketing", "stream_header": "X-Stream"}
-        m = self.mtad([sink.route("reserve.test")], listener=listener, streams=streams,
+        m = self.mtad([sink.route("reserve.test")], listener=MARKETING_LISTENER,
+                      streams=SHARED_STREAMS,
                       shaping={"rules": [{"name": "r", "domain": "reserve.test",
                                           "max_connections": 3, "reserved_connections": 1}]})
         bulk = [f"m{i}@reserve.test" for i in range(150)]

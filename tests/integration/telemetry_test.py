@@ -35,7 +35,6 @@ import urllib.request
 
 import harness
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PROMTOOL = "/usr/bin/promtool"
 SENDER = "s@sender.test"
 # Destination sink: these recipients are refused, everything else is accepted.
@@ -63,64 +62,20 @@ def wait_for(predicate, timeout, what):
 # ---- SMTP peers -------------------------------------------------------------------------
 
 
-class Sink:
-    """One capture_sink.py process (with --record-refusals) listening on one free port per
-    address; `ports` maps each address to its port."""
+class Sink(harness.CaptureSink):
+    """capture_sink.py with --record-refusals, listening on one free port per address."""
 
     def __init__(self, addresses, script=None):
-        self.dir = tempfile.mkdtemp(prefix="telemetry-sink-")
-        self.out = os.path.join(self.dir, "records.jsonl")
-        self.stats_path = os.path.join(self.dir, "stats.json")
-        self.err = open(os.path.join(self.dir, "stderr"), "w")
-        args = [sys.executable, os.path.join(HERE, "capture_sink.py"), "--out", self.out,
-                "--stats", self.stats_path, "--record-refusals",
-                "--script", json.dumps(script or {})]
-        for a in addresses:
-            args += ["--listen", f"{a}:0"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True)
-        self.ports = {}
-        for _ in addresses:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.stop()
-                raise OSError("capture_sink failed: " +
-                              open(os.path.join(self.dir, "stderr")).read())
-            event = json.loads(line)
-            self.ports[event["address"]] = event["port"]
+        super().__init__(addresses, script, ["--record-refusals"], prefix="telemetry-sink-")
 
     def route(self, domain, address):
         return {"domain": domain, "host": address, "port": self.ports[address], "tls": "none"}
-
-    def records(self, kind):
-        try:
-            with open(self.out) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return []
-        # Only complete lines: the sink may be writing the last one right now.
-        recs = [json.loads(l) for l in text.split("\n")[:-1] if l.strip()]
-        return [r for r in recs if r["type"] == kind]
 
     def messages(self, address=None):
         return [m for m in self.records("message") if address in (None, m["local_ip"])]
 
     def refusals(self, reply_prefix):
         return [r for r in self.records("refusal") if r["reply"].startswith(reply_prefix)]
-
-    def stats(self):
-        with open(self.stats_path) as f:
-            return json.load(f)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        self.err.close()
 
 
 def content_of(record):
